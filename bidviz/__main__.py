@@ -1,0 +1,3 @@
+from bidviz.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,239 @@
+"""User code: compiled once (in the watcher thread), run in the training thread, values written as series."""
+
+from __future__ import annotations
+
+import ast
+import math
+import numbers
+import traceback
+import types
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bidviz.protocol import ProtocolError, to_json_value
+
+ERRORS_TO_DISABLE = 5
+RECENT_KEPT = 60
+_FN_NAME = "__bidviz_metric__"
+
+
+def compile_metric(name: str, code: str) -> types.CodeType:
+    """Compile `code` into the code object of `def f(state): ...`, keeping the user's line numbers.
+
+    One expression yields its value; anything else is a function body whose `return` gives the value.
+    """
+    filename = f"<metric {name}>"
+    tree = _parse(code, filename)
+    body = tree.body
+    if len(body) == 1 and isinstance(body[0], ast.Expr):
+        body = [ast.Return(value=body[0].value, lineno=body[0].lineno, col_offset=body[0].col_offset)]
+    return _function_code(body, filename)
+
+
+def compile_eval(code: str) -> tuple[types.CodeType | None, types.CodeType | None]:
+    """A terminal command as (statements, last expression): REPL semantics, the last expression is the result."""
+    filename = "<eval>"
+    tree = _parse(code, filename)
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(body=tree.body.pop().value)
+        ast.copy_location(last, last.body)
+    try:
+        stmts = compile(tree, filename, "exec") if tree.body else None
+        expr = compile(last, filename, "eval") if last is not None else None
+    except SyntaxError as e:
+        raise _syntax_error(e, code) from None
+    return stmts, expr
+
+
+def _parse(code: str, filename: str) -> ast.Module:
+    try:
+        return ast.parse(code, filename, "exec")
+    except SyntaxError as e:
+        raise _syntax_error(e, code) from None
+
+
+def _function_code(body: list[ast.stmt], filename: str) -> types.CodeType:
+    fn = ast.FunctionDef(
+        name=_FN_NAME,
+        args=ast.arguments(
+            posonlyargs=[], args=[ast.arg(arg="state")], vararg=None, kwonlyargs=[], kw_defaults=[], defaults=[]
+        ),
+        body=body or [ast.Pass()],
+        decorator_list=[],
+        returns=None,
+        lineno=1,
+        col_offset=0,
+    )
+    if "type_params" in ast.FunctionDef._fields:  # Python 3.12+
+        fn.type_params = []
+    module = ast.Module(body=[fn], type_ignores=[])
+    ast.fix_missing_locations(module)
+    try:
+        compiled = compile(module, filename, "exec")
+    except SyntaxError as e:
+        raise _syntax_error(e, None) from None
+    return next(c for c in compiled.co_consts if isinstance(c, types.CodeType) and c.co_name == _FN_NAME)
+
+
+def _syntax_error(e: SyntaxError, code: str | None) -> ProtocolError:
+    where = f"line {e.lineno}, column {e.offset}" if e.lineno else "unknown position"
+    text = (e.text or "").rstrip("\n")
+    caret = f"\n    {text}\n    {' ' * max((e.offset or 1) - 1, 0)}^" if text else ""
+    err = ProtocolError(f"SyntaxError: {e.msg} ({where}){caret}", type="SyntaxError", line=e.lineno)
+    err.column = e.offset  # type: ignore[attr-defined]
+    return err
+
+
+def error_info(exc: BaseException, filename_prefix: str = "<") -> dict[str, Any]:
+    """Type, message, traceback (from the user's code on) and the user's line of an exception."""
+    tb = exc.__traceback__
+    # Drop the bridge's own frames above the user's code, so the traceback starts where the user's code does.
+    while tb is not None and not tb.tb_frame.f_code.co_filename.startswith(filename_prefix):
+        tb = tb.tb_next
+    frames = traceback.extract_tb(tb) if tb is not None else []
+    line = next((f.lineno for f in reversed(frames) if f.filename.startswith(filename_prefix)), None)
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    return {"type": type(exc).__name__, "message": str(exc), "traceback": text, "line": line}
+
+
+class MetricTimeout(Exception):
+    """Raised inside a hook that ran past its time budget."""
+
+
+@dataclass
+class Metric:
+    name: str
+    code: str
+    every: int
+    kind: str
+    fn: Callable[[dict[str, Any]], Any]
+    sender: str = ""
+    status: str = "running"  # running | paused | disabled
+    state: dict[str, Any] = field(default_factory=dict)
+    last_value: Any = None
+    last_step: int | None = None
+    error_count: int = 0
+    errors_in_row: int = 0
+    last_error: dict[str, Any] | None = None
+    recent: deque[tuple[int, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_KEPT))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "every": self.every,
+            "kind": self.kind,
+            "status": self.status,
+            "last_value": _jsonable(self.last_value),
+            "last_step": self.last_step,
+            "error_count": self.error_count,
+            "errors_in_row": self.errors_in_row,
+            "last_error": self.last_error,
+            "recent": [[s, _jsonable(v)] for s, v in list(self.recent)],
+            "sender": self.sender,
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        return to_json_value(value)
+    except TypeError:
+        return repr(value)[:200]
+
+
+def make_function(code: types.CodeType, globals_: dict[str, Any]) -> Callable[[dict[str, Any]], Any]:
+    return types.FunctionType(code, globals_, _FN_NAME)
+
+
+# -- writing values ------------------------------------------------------------------------------------
+
+
+def _to_numpy(value: Any) -> Any:
+    import numpy as np
+
+    detach = getattr(value, "detach", None)
+    if callable(detach):  # torch
+        value = detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _is_array(value: Any) -> bool:
+    return hasattr(value, "shape") and hasattr(value, "dtype")
+
+
+def emit(writer: Any, tag: str, value: Any, kind: str, step: int) -> Any:
+    """Write one metric value as DESIGN.md's table says; return what state.json shows as its last value."""
+    if value is None:
+        return None
+    if kind == "auto":
+        kind = _auto_kind(value)
+    if kind == "scalar":
+        x = _scalar(value)
+        writer.add_scalar(tag, x, step)
+        return x
+    if kind == "dict":
+        out = {}
+        for k, v in value.items():
+            out[str(k)] = x = _scalar(v)
+            writer.add_scalar(f"{tag}/{k}", x, step)
+        return out
+    if kind == "histogram":
+        arr = _to_numpy(value)
+        if arr.size == 0 or not _is_numeric(arr):
+            raise TypeError(f"a histogram needs a non-empty numeric tensor/array; got {arr.dtype} of shape {arr.shape}")
+        writer.add_histogram(tag, arr, step)
+        return {"mean": float(arr.mean()), "min": float(arr.min()), "max": float(arr.max()), "n": int(arr.size)}
+    if kind == "text":
+        if not isinstance(value, str):
+            raise TypeError(f"kind 'text' needs a str; got {type(value).__name__}")
+        writer.add_text(tag, value, step)
+        return value[:200]
+    if kind == "image":
+        arr = _to_numpy(value)
+        writer.add_image(tag, arr, step, dataformats=_image_format(arr))
+        return {"shape": list(arr.shape)}
+    raise ValueError(f"unknown metric kind {kind!r}")
+
+
+def _auto_kind(value: Any) -> str:
+    if isinstance(value, (bool, numbers.Number)):
+        return "scalar"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, dict):
+        return "dict"
+    if _is_array(value):
+        return "scalar" if len(value.shape) == 0 else "histogram"
+    raise TypeError(
+        f"a metric must return a number, a dict of str to number, a tensor/array, a str or None; got "
+        f"{type(value).__name__}"
+    )
+
+
+def _is_numeric(arr: Any) -> bool:
+    return arr.dtype.kind in "biuf"
+
+
+def _scalar(value: Any) -> float:
+    if _is_array(value):
+        if int(math.prod(value.shape)) != 1:
+            raise TypeError(f"a scalar needs one value; got a tensor/array of shape {tuple(value.shape)}")
+        value = value.reshape(()).item() if hasattr(value, "reshape") else value.item()
+    if isinstance(value, bool) or isinstance(value, numbers.Real):
+        return float(value)
+    raise TypeError(f"a scalar must be a number; got {type(value).__name__}: {value!r}")
+
+
+def _image_format(arr: Any) -> str:
+    if arr.ndim == 2:
+        return "HW"
+    if arr.ndim == 3:
+        if arr.shape[-1] in (1, 3, 4):
+            return "HWC"
+        if arr.shape[0] in (1, 3, 4):
+            return "CHW"
+    raise TypeError(
+        f"an image needs a 2-D (H×W) or 3-D (H×W×C or C×H×W with C in 1, 3, 4) tensor/array; got shape {arr.shape}"
+    )
