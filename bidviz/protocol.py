@@ -311,5 +311,18 @@ def _numel(value: Any) -> int:
 
 
 def dumps(obj: Any) -> bytes:
-    """Strict JSON (no NaN) for files other processes and browsers read."""
-    return json.dumps(obj, allow_nan=False, separators=(",", ":"), default=str).encode()
+    """Strict JSON for files other processes and browsers read: non-finite floats become strings ("NaN")."""
+    try:
+        return json.dumps(obj, allow_nan=False, separators=(",", ":"), default=str).encode()
+    except ValueError:
+        return json.dumps(_finite(obj), allow_nan=False, separators=(",", ":"), default=str).encode()
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return to_json_value(obj)
+    if isinstance(obj, Mapping):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj

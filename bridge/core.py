@@ -576,20 +576,27 @@ class Bridge:
             "error": error,
             "response": response,
         }
-        with self._io_lock:
-            self._journal(entry, locked=True)
-            self._done[cmd.id] = response
-            self._write_state(locked=True)
-            self.mailbox.write_response(response)
+        try:
+            with self._io_lock:
+                self._journal(entry, locked=True)
+                self._done[cmd.id] = response
+                self._write_state(locked=True)
+                self.mailbox.write_response(response)
+        except OSError as e:  # a full or vanished disk must not stop training; the file stays for a restart
+            _warn(f"could not answer command {cmd.id} ({cmd.kind}): {e}")
+            return
         _unlink(item.file)
 
     def _journal(self, entry: dict[str, Any], *, locked: bool = False) -> None:
         entry = {"time": time.time(), "step": self._step if self._stepping else None, **entry}
         if locked:
             self.mailbox.append_journal(entry)
-        else:
+            return
+        try:
             with self._io_lock:
                 self.mailbox.append_journal(entry)
+        except OSError as e:
+            _warn(f"could not write the journal: {e}")
 
     def _on_tick(self) -> None:
         now = time.monotonic()
@@ -700,6 +707,10 @@ class Bridge:
             self._install_metric(spec, code, spec["sender"])
             self._metrics[name].status = "disabled" if name in disabled else spec["status"]
         self._refresh_active()
+
+
+def _warn(message: str) -> None:
+    print(f"bidviz: {message}", file=sys.stderr, flush=True)
 
 
 def _unlink(path: Path) -> None:

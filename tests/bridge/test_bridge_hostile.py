@@ -1,0 +1,204 @@
+"""Bad input gets a clear answer and loses nothing: every command file gets exactly one response."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from bidviz import protocol
+
+from bridge_helpers import Trainer, journal_commands
+
+
+def drop(trainer, name: str, data: bytes) -> Path:
+    """Write raw bytes as a command file the way a client does (tmp, then rename into inbox/)."""
+    tmp = trainer.mailbox.tmp / (name + ".tmp")
+    tmp.write_bytes(data)
+    dest = trainer.mailbox.inbox / name
+    os.rename(tmp, dest)
+    return dest
+
+
+def wait_response(trainer, cid: str) -> dict:
+    resp = trainer.mailbox.wait_response(cid, 20)
+    assert resp is not None, f"no response for {cid}"
+    return resp
+
+
+def raw_command(kind: str, args: dict, cid: str | None = None) -> tuple[str, dict]:
+    cid = cid or protocol.new_id()
+    return cid, {"v": 1, "id": cid, "kind": kind, "args": args, "sender": "test", "sent_at": time.time()}
+
+
+@pytest.fixture(scope="module")
+def trainer(tmp_path_factory):
+    t = Trainer(tmp_path_factory.mktemp("hostile") / "run")
+    yield t
+    t.kill()
+
+
+@pytest.mark.parametrize(
+    "body, error_type, words",
+    [
+        (b"{not json", "BadJSON", "not valid UTF-8 JSON"),
+        (b"\xff\xfe\x00", "BadJSON", "not valid UTF-8 JSON"),
+        (b"[1, 2]", "BadJSON", "must be a JSON object"),
+        (b'{"v": 2}', "BadVersion", "protocol version must be 1"),
+    ],
+)
+def test_unparseable_files_get_a_response_named_by_the_file(trainer, body, error_type, words):
+    cid = protocol.new_id()
+    path = drop(trainer, protocol.inbox_name(cid), body)
+    resp = wait_response(trainer, cid)
+    assert resp["status"] == "rejected"
+    assert resp["error"]["type"] == error_type
+    assert words in resp["error"]["message"]
+    deadline = time.monotonic() + 5
+    while path.exists() and time.monotonic() < deadline:  # removed right after the response is written
+        time.sleep(0.01)
+    assert not path.exists(), "an answered command file is removed from the inbox"
+    assert len(journal_commands(trainer.mailbox, cid)) == 1
+
+
+@pytest.mark.parametrize(
+    "kind, args, error_type, words",
+    [
+        ("explode", {}, "UnknownKind", "expected one of set_hparam"),
+        ("set_hparam", {"name": "nope", "value": 1}, "UnknownName", "registered: dampening, dropout, lr, mode, momentum, weight_decay"),
+        ("set_hparam", {"name": "lr", "value": "fast"}, "WrongType", "lr takes a number; received 'fast'"),
+        ("set_hparam", {"name": "lr", "value": True}, "WrongType", "received True"),
+        ("set_hparam", {"name": "dropout", "value": 0.95}, "OutOfBounds", "between 0.0 and 0.9"),
+        ("set_hparam", {"name": "lr", "value": -0.1}, "OutOfBounds", ">= 0.0"),
+        ("set_hparam", {"name": "mode", "value": "medium"}, "OutOfBounds", "one of 'fast', 'slow'"),
+        ("set_hparam", {"name": "lr"}, "InvalidArgs", "missing value"),
+        ("set_hparam", {"name": "lr", "value": 1, "extra": 2}, "InvalidArgs", "unknown extra"),
+        ("add_metric", {"name": "m", "code": "x = (1,\n  2"}, "SyntaxError", "line 1"),
+        ("add_metric", {"name": "../evil", "code": "1"}, "InvalidName", "no '..'"),
+        ("add_metric", {"name": "m", "code": "1", "every": 0}, "InvalidArgs", "'every' must be an integer >= 1"),
+        ("add_metric", {"name": "m", "code": "1", "kind": "movie"}, "InvalidArgs", "auto, scalar"),
+        ("remove_metric", {"name": "ghost"}, "UnknownName", "no metric 'ghost'"),
+        ("eval", {"code": "def f(:\n  pass"}, "SyntaxError", "line 1"),
+    ],
+)
+def test_invalid_commands_are_rejected_with_what_was_expected(trainer, kind, args, error_type, words):
+    trainer.wait_for(lambda s: s["step"] is not None, what="first step")
+    cid, obj = raw_command(kind, args)
+    drop(trainer, protocol.inbox_name(cid), json.dumps(obj).encode())
+    resp = wait_response(trainer, cid)
+    assert resp["status"] == "rejected", resp
+    assert resp["error"]["type"] == error_type
+    assert words in resp["error"]["message"]
+    assert len(journal_commands(trainer.mailbox, cid)) == 1
+
+
+def test_syntax_error_reports_the_users_line_and_column(trainer):
+    resp = trainer.call("add_metric", name="m", code="a = 1\nb = (a +\nreturn b")
+    assert resp["status"] == "rejected"
+    assert resp["error"]["line"] == 2
+    assert "line 2" in resp["error"]["message"] and "column" in resp["error"]["message"]
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_json_constants_are_rejected(trainer, literal):
+    cid, obj = raw_command("set_hparam", {"name": "lr", "value": 0})
+    data = json.dumps(obj).replace('"value": 0', f'"value": {literal}').encode()
+    drop(trainer, protocol.inbox_name(cid), data)
+    resp = wait_response(trainer, cid)
+    assert resp["status"] == "rejected"
+    assert literal in resp["error"]["message"]
+    assert trainer.state()["hparams"]["lr"]["value"] == 0.1
+
+
+def test_overflowing_number_is_rejected_as_not_finite(trainer):
+    trainer.wait_for(lambda s: s["step"] is not None, what="first step")
+    cid, obj = raw_command("set_hparam", {"name": "lr", "value": 0})
+    drop(trainer, protocol.inbox_name(cid), json.dumps(obj).replace('"value": 0', '"value": 1e999').encode())
+    resp = wait_response(trainer, cid)
+    assert resp["status"] == "rejected" and "must be finite" in resp["error"]["message"]
+
+
+def test_oversized_file_is_rejected_unread(trainer):
+    cid, obj = raw_command("eval", {"code": "1"})
+    obj["padding"] = "x" * (300 * 1024)
+    drop(trainer, protocol.inbox_name(cid), json.dumps(obj).encode())
+    resp = wait_response(trainer, cid)
+    assert resp["error"]["type"] == "TooLarge"
+    assert "limit is 262144" in resp["error"]["message"]
+
+
+def test_symlink_is_rejected_and_its_target_untouched(trainer, tmp_path):
+    target = tmp_path / "secret.json"
+    cid, obj = raw_command("eval", {"code": "open('/etc/hostname').read()"})
+    target.write_text(json.dumps(obj))
+    link = trainer.mailbox.inbox / protocol.inbox_name(cid)
+    os.symlink(target, link)
+    resp = wait_response(trainer, cid)
+    assert resp["status"] == "rejected" and resp["error"]["type"] == "NotAFile"
+    assert resp["result"] is None
+    assert target.exists() and not link.exists()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to create a file owned by another user")
+def test_file_owned_by_another_user_is_rejected(trainer):
+    cid, obj = raw_command("eval", {"code": "1 + 1"})
+    tmp = trainer.mailbox.tmp / "foreign.tmp"
+    tmp.write_text(json.dumps(obj))
+    os.chown(tmp, 65534, 65534)
+    os.rename(tmp, trainer.mailbox.inbox / protocol.inbox_name(cid))
+    resp = wait_response(trainer, cid)
+    assert resp["status"] == "rejected" and resp["error"]["type"] == "NotOwned"
+    assert "uid 65534" in resp["error"]["message"]
+
+
+def test_badly_named_file_is_answered_under_its_own_name(trainer):
+    drop(trainer, "hello world!.json", b"{}")
+    resp = wait_response(trainer, "hello_world_")
+    assert resp["error"]["type"] == "BadFileName"
+
+
+def test_mismatched_id_is_rejected(trainer):
+    cid, obj = raw_command("eval", {"code": "1"})
+    other = protocol.new_id()
+    drop(trainer, protocol.inbox_name(other), json.dumps(obj).encode())
+    resp = wait_response(trainer, other)
+    assert resp["error"]["type"] == "InvalidId"
+
+
+def test_a_burst_of_mixed_commands_gets_exactly_one_response_each(trainer):
+    ids = []
+    for i in range(30):
+        if i % 3 == 0:
+            cid = protocol.new_id()
+            drop(trainer, protocol.inbox_name(cid), b"garbage")
+        else:
+            cid = trainer.send("set_hparam", name="dropout", value=(i % 10) / 10)
+        ids.append(cid)
+    for cid in ids:
+        wait_response(trainer, cid)
+    time.sleep(0.5)
+    for cid in ids:
+        assert len(journal_commands(trainer.mailbox, cid)) == 1
+    assert {p.stem for p in trainer.mailbox.outbox.iterdir()} >= set(ids)
+    assert list(trainer.mailbox.inbox.iterdir()) == []
+
+
+def test_signed_bridge_rejects_unsigned_and_badly_signed_commands(start_trainer):
+    t = start_trainer(env={"BIDVIZ_SECRET": "s3cret"})
+    good = t.mailbox.wait_response(t.send("eval", secret="s3cret", code="6 * 7"), 20)
+    assert good["status"] == "applied" and good["result"] == 42
+    for secret in (None, "wrong"):
+        resp = t.mailbox.wait_response(t.send("eval", secret=secret, code="6 * 7"), 20)
+        assert resp["status"] == "rejected" and resp["error"]["type"] == "BadSignature"
+    assert t.state()["signed"] is True
+
+
+def test_mailbox_is_private(trainer):
+    trainer.call("eval", code="1")
+    for d in (trainer.mailbox.root, trainer.mailbox.inbox, trainer.mailbox.outbox, trainer.mailbox.tmp):
+        assert oct(d.stat().st_mode & 0o777) == oct(0o700)
+    for f in [trainer.mailbox.journal_path, trainer.mailbox.state_path, *trainer.mailbox.outbox.iterdir()]:
+        assert oct(f.stat().st_mode & 0o777) == oct(0o600), f
