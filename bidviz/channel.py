@@ -146,7 +146,7 @@ class Mailbox:
                     yield entry
 
     def read_response(self, command_id: str) -> dict[str, Any] | None:
-        if not protocol._ID_RE.match(command_id) and protocol.id_from_filename(command_id) != command_id:
+        if not protocol.is_command_id(command_id) and protocol.id_from_filename(command_id) != command_id:
             raise ChannelError(f"not a command id: {command_id!r}")
         try:
             return json.loads((self.outbox / f"{command_id}.json").read_bytes())  # type: ignore[no-any-return]
@@ -195,8 +195,22 @@ class Mailbox:
             return "none"
         if state.get("closed"):
             return "ended"
+        if state.get("host") == socket.gethostname() and not _pid_alive(state.get("pid")):
+            return "stale"  # killed: no need to wait for the heartbeat to age
         age = time.time() - float(state.get("heartbeat") or 0)
         return "live" if age < LIVE_SECONDS else "stale"
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class OwnerLock:

@@ -59,6 +59,23 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def is_command_id(text: str) -> bool:
+    return _ID_RE.match(text) is not None
+
+
+_last_ms = 0
+
+
+def _next_sent_at() -> float:
+    """Epoch seconds, at least one millisecond after the previous command of this process, so that commands
+    sent in a row sort (by their inbox file names) in the order they were made."""
+    global _last_ms
+    now = time.time()
+    ms = max(int(now * 1000), _last_ms + 1)
+    _last_ms = ms
+    return max(now, ms / 1000)
+
+
 def default_sender() -> str:
     try:
         user = os.getlogin()
@@ -186,7 +203,7 @@ def make_command(
         kind=kind,
         args=checked,
         sender=sender if sender is not None else default_sender(),
-        sent_at=time.time(),
+        sent_at=_next_sent_at(),
     )
     if secret:
         return Command(**{**cmd.__dict__, "sig": sign(cmd.to_dict(), secret)})
@@ -196,9 +213,7 @@ def make_command(
 def parse_command(data: bytes, *, file_id: str, secret: str | bytes | None = None) -> Command:
     """Parse and validate one command file's bytes. `file_id` is the id its file name carries."""
     if len(data) > MAX_COMMAND_BYTES:
-        raise ProtocolError(
-            f"command file is {len(data)} bytes; the limit is {MAX_COMMAND_BYTES}", type="TooLarge"
-        )
+        raise ProtocolError(f"command file is {len(data)} bytes; the limit is {MAX_COMMAND_BYTES}", type="TooLarge")
     try:
         obj = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -244,7 +259,7 @@ def parse_command(data: bytes, *, file_id: str, secret: str | bytes | None = Non
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"command file holds {name}, which is not JSON; send it as a string, e.g. \"{name.lower()}\"")
+    raise ValueError(f'command file holds {name}, which is not JSON; send it as a string, e.g. "{name.lower()}"')
 
 
 @dataclass

@@ -49,9 +49,7 @@ def read_command_file(path: Path, *, secret: str | None) -> Command:
             type="NotOwned",
         )
     if st.st_size > protocol.MAX_COMMAND_BYTES:
-        raise ProtocolError(
-            f"{name} is {st.st_size} bytes; the limit is {protocol.MAX_COMMAND_BYTES}", type="TooLarge"
-        )
+        raise ProtocolError(f"{name} is {st.st_size} bytes; the limit is {protocol.MAX_COMMAND_BYTES}", type="TooLarge")
     if not protocol.is_command_filename(name):
         raise ProtocolError(
             f"command files are named <milliseconds>-<32 hex id>.json; received {name!r}", type="BadFileName"

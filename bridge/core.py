@@ -536,9 +536,7 @@ class Bridge:
 
     # -- responses, journal, state ----------------------------------------------------------------------
 
-    def _finish(
-        self, item: Admitted, status: str, *, result: Any = None, error: dict[str, Any] | None = None
-    ) -> None:
+    def _finish(self, item: Admitted, status: str, *, result: Any = None, error: dict[str, Any] | None = None) -> None:
         """Journal first, then state, then the response; then the command file goes. A crash anywhere in
         between leaves the command either unanswered and unjournaled (done again once) or journaled (answered
         from the journal on restart)."""
@@ -644,8 +642,9 @@ class Bridge:
             "pending": len(self._queue),
             "hparams": hparams,
             "metrics": metrics,
-            "watcher_error": repr(self._watcher.last_error) if getattr(self, "_watcher", None) and
-            self._watcher.last_error else None,
+            "watcher_error": repr(self._watcher.last_error)
+            if getattr(self, "_watcher", None) and self._watcher.last_error
+            else None,
         }
 
     # -- start-up -----------------------------------------------------------------------------------------
@@ -691,8 +690,14 @@ class Bridge:
                 disabled.discard(args["name"])
             elif kind == "add_diagnostics":
                 for name, src in PACK.items():
-                    specs[name] = {"name": name, "code": src, "every": args.get("every", 1), "kind": "auto",
-                                   "status": "running", "sender": entry.get("sender", "")}
+                    specs[name] = {
+                        "name": name,
+                        "code": src,
+                        "every": args.get("every", 1),
+                        "kind": "auto",
+                        "status": "running",
+                        "sender": entry.get("sender", ""),
+                    }
             elif kind == "remove_metric":
                 specs.pop(args.get("name"), None)
             elif kind in ("pause_metric", "resume_metric") and args.get("name") in specs:

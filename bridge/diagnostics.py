@@ -12,13 +12,11 @@ _PARAMS = (
 )
 
 PACK: dict[str, str] = {
-    "diag/grad_norm": _PARAMS
-    + "sq = [p.grad.detach().float().pow(2).sum() for p in params if p.grad is not None]\n"
+    "diag/grad_norm": _PARAMS + "sq = [p.grad.detach().float().pow(2).sum() for p in params if p.grad is not None]\n"
     "return torch.stack(sq).sum().sqrt() if sq else None\n",
     "diag/weight_norm": _PARAMS
     + "return torch.stack([p.detach().float().pow(2).sum() for p in params]).sum().sqrt()\n",
-    "diag/update_ratio": _PARAMS
-    + "cur = [p.detach().float().clone() for p in params]\n"
+    "diag/update_ratio": _PARAMS + "cur = [p.detach().float().clone() for p in params]\n"
     "prev, state['prev'] = state.get('prev'), cur\n"
     "if prev is None:\n"
     "    return None\n"

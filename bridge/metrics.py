@@ -82,7 +82,7 @@ def _syntax_error(e: SyntaxError, code: str | None) -> ProtocolError:
     where = f"line {e.lineno}, column {e.offset}" if e.lineno else "unknown position"
     text = (e.text or "").rstrip("\n")
     caret = f"\n    {text}\n    {' ' * max((e.offset or 1) - 1, 0)}^" if text else ""
-    err = ProtocolError(f"SyntaxError: {e.msg} ({where}){caret}", type="SyntaxError", line=e.lineno)
+    err = ProtocolError(f"{e.msg} ({where}){caret}", type="SyntaxError", line=e.lineno)
     err.column = e.offset  # type: ignore[attr-defined]
     return err
 

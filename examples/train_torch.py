@@ -102,7 +102,7 @@ def print_help(run_dir: str) -> None:
     print(
         f"""BIDViz bridge is live on {run_dir}. Try, from another terminal:
 
-  bidviz status {shlex.quote(os.path.dirname(run_dir) or '.')}
+  bidviz status {shlex.quote(os.path.dirname(run_dir) or ".")}
   bidviz set {run} lr=0.01 momentum=0.5 dropout=0.3
   bidviz metric add {run} weight_norm "model.fc1.weight.norm()"
   bidviz metric add {run} val_acc "(model(x_val).argmax(1) == y_val).float().mean()" --every 50

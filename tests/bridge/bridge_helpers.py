@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +34,13 @@ class Trainer:
             self.proc.kill()
             raise RuntimeError(f"trainer did not start: {line!r} {self.proc.stderr.read()}")  # type: ignore[union-attr]
 
-    def send(self, kind: str, secret: str | None = None, **args: Any) -> str:
-        return self.mailbox.send(protocol.make_command(kind, args, secret=secret))
+    def send(self, command: str, /, *, secret: str | None = None, **args: Any) -> str:
+        return self.mailbox.send(protocol.make_command(command, args, secret=secret))
 
-    def call(self, kind: str, timeout: float = 20.0, **args: Any) -> dict[str, Any]:
-        cid = self.send(kind, **args)
+    def call(self, command: str, /, *, timeout: float = 20.0, **args: Any) -> dict[str, Any]:
+        cid = self.send(command, **args)
         resp = self.mailbox.wait_response(cid, timeout)
-        assert resp is not None, f"no response to {kind} {args} within {timeout}s; stderr: {self.stderr_now()}"
+        assert resp is not None, f"no response to {command} {args} within {timeout}s; stderr: {self.stderr_now()}"
         return resp
 
     def state(self) -> dict[str, Any]:
@@ -56,7 +55,9 @@ class Trainer:
             if state and predicate(state):
                 return state
             time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}; last state: {json.dumps(self.mailbox.read_state())[:2000]}")
+        raise AssertionError(
+            f"timed out waiting for {what}; last state: {json.dumps(self.mailbox.read_state())[:2000]}"
+        )
 
     def stderr_now(self) -> str:
         return "" if self.proc.poll() is None else (self.proc.stderr.read() or "")  # type: ignore[union-attr]

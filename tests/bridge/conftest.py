@@ -22,4 +22,3 @@ def start_trainer(tmp_path: Path) -> Iterator[Any]:
     yield start
     for t in started:
         t.kill()
-

@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+from bridge_helpers import Trainer, journal_commands
 
 from bidviz import protocol
-
-from bridge_helpers import Trainer, journal_commands
 
 
 def drop(trainer, name: str, data: bytes) -> Path:
@@ -68,7 +67,12 @@ def test_unparseable_files_get_a_response_named_by_the_file(trainer, body, error
     "kind, args, error_type, words",
     [
         ("explode", {}, "UnknownKind", "expected one of set_hparam"),
-        ("set_hparam", {"name": "nope", "value": 1}, "UnknownName", "registered: dampening, dropout, lr, mode, momentum, weight_decay"),
+        (
+            "set_hparam",
+            {"name": "nope", "value": 1},
+            "UnknownName",
+            "dampening, dropout, lr, mode, momentum, weight_decay",
+        ),
         ("set_hparam", {"name": "lr", "value": "fast"}, "WrongType", "lr takes a number; received 'fast'"),
         ("set_hparam", {"name": "lr", "value": True}, "WrongType", "received True"),
         ("set_hparam", {"name": "dropout", "value": 0.95}, "OutOfBounds", "between 0.0 and 0.9"),

@@ -31,8 +31,13 @@ scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 ** (s // 
 x, y = torch.randn(64, 4), torch.randn(64, 1)
 seen_dropout = []
 
-with Bridge(a.run_dir, namespace={"model": model, "os": os, "time": time}, hook_budget=a.budget,
-            poll_interval=a.poll, resume=not a.fresh) as bridge:
+with Bridge(
+    a.run_dir,
+    namespace={"model": model, "os": os, "time": time},
+    hook_budget=a.budget,
+    poll_interval=a.poll,
+    resume=not a.fresh,
+) as bridge:
     bridge.bind_optimizer(optimizer, scheduler)
     bridge.hparam("dropout", 0.1, min=0.0, max=0.9, on_change=seen_dropout.append)
     bridge.hparam("mode", "fast", choices=["fast", "slow"])

@@ -1,0 +1,248 @@
+"""The CLI without a live bridge: usage errors (2), no mailbox or no answer (3), --no-wait, reading files."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bidviz.channel import Mailbox
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def test_import_pulls_in_neither_torch_nor_tensorboard() -> None:
+    code = "import sys, bidviz.cli; bad = {'torch', 'tensorboard', 'tensorboardX', 'bidviz.bridge'} & set(sys.modules);"
+    code += "print(sorted(bad))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_no_verb_is_a_usage_error(cli: Cli) -> None:
+    out = cli()
+    assert out.returncode == 2
+    assert "usage: bidviz" in out.stderr
+
+
+def test_unknown_verb_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    out = cli("frobnicate", tmp_path)
+    assert out.returncode == 2
+    assert "invalid choice" in out.stderr
+
+
+def test_help_exits_zero(cli: Cli) -> None:
+    out = cli("set", "--help")
+    assert out.returncode == 0
+    assert "NAME=VALUE" in out.stdout
+
+
+def test_set_without_equals_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    Mailbox(tmp_path).create()
+    out = cli("set", tmp_path, "lr", "--wait", "0")
+    assert out.returncode == 2
+    assert "expected NAME=VALUE" in out.stderr and "'lr'" in out.stderr
+    assert not list(Mailbox(tmp_path).inbox.iterdir()), "a usage error must send nothing"
+
+
+def test_one_bad_assignment_sends_none_of_them(cli: Cli, tmp_path: Path) -> None:
+    Mailbox(tmp_path).create()
+    out = cli("set", tmp_path, "lr=0.1", "../x=1", "--wait", "0")
+    assert out.returncode == 2
+    assert "hyperparameter name" in out.stderr
+    assert not list(Mailbox(tmp_path).inbox.iterdir())
+
+
+def test_bad_every_and_kind_and_wait_are_usage_errors(cli: Cli, tmp_path: Path) -> None:
+    Mailbox(tmp_path).create()
+    for args in (
+        ["metric", "add", tmp_path, "m", "1", "--every", "0"],
+        ["metric", "add", tmp_path, "m", "1", "--kind", "movie"],
+        ["metric", "add", tmp_path, "m"],
+        ["set", tmp_path, "lr=1", "--wait", "-1"],
+        ["set", tmp_path, "lr=1", "--wait", "1", "--no-wait"],
+        ["journal", tmp_path, "--tail", "x"],
+    ):
+        out = cli(*args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert "error" in out.stderr
+
+
+def test_no_mailbox_exits_3_and_says_what_to_do(cli: Cli, tmp_path: Path) -> None:
+    out = cli("set", tmp_path / "nowhere", "lr=0.1", "--wait", "1")
+    assert out.returncode == 3
+    assert "has no BIDViz mailbox" in out.stderr
+    assert "Start training with a Bridge" in out.stderr
+
+
+def test_never_started_bridge_exits_3_and_keeps_the_command_queued(cli: Cli, tmp_path: Path) -> None:
+    mailbox = Mailbox(tmp_path)
+    mailbox.create()
+    started = time.monotonic()
+    out = cli("pause", tmp_path, "--wait", "0.3")
+    assert out.returncode == 3
+    assert time.monotonic() - started < 20
+    assert "no response" in out.stderr and "within 0.3s" in out.stderr
+    assert "no bridge has ever written its state" in out.stderr
+    assert "stay" in out.stderr and "queued" in out.stderr
+    queued = list(mailbox.inbox.iterdir())
+    assert len(queued) == 1
+    command = json.loads(queued[0].read_text())
+    assert command["kind"] == "pause" and command["id"] in out.stderr
+    assert command["sender"].startswith("cli:")
+
+
+def test_stale_bridge_exits_3_and_says_stale(cli: Cli, tmp_path: Path) -> None:
+    mailbox = Mailbox(tmp_path)
+    mailbox.create()
+    mailbox.write_state({"v": 1, "pid": 4242, "host": "elsewhere", "heartbeat": time.time() - 600, "step": 7})
+    out = cli("set", tmp_path, "lr=0.1", "--wait", "0.2")
+    assert out.returncode == 3
+    assert "stale" in out.stderr and "pid 4242" in out.stderr
+    assert "will be applied if that run's bridge comes back" in out.stderr
+
+
+def test_no_wait_prints_the_id_and_queues_the_command(cli: Cli, tmp_path: Path) -> None:
+    mailbox = Mailbox(tmp_path)
+    mailbox.create()
+    out = cli("eval", tmp_path, "1 + 1", "--no-wait")
+    assert out.returncode == 0, out.stderr
+    command_id = out.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", command_id)
+    (queued,) = mailbox.inbox.iterdir()
+    assert queued.name.endswith(f"-{command_id}.json")
+    assert json.loads(queued.read_text())["args"] == {"code": "1 + 1", "now": False}
+
+
+def test_set_values_are_json_when_they_parse(cli: Cli, tmp_path: Path) -> None:
+    mailbox = Mailbox(tmp_path)
+    mailbox.create()
+    out = cli("set", tmp_path, "a=0.01", "b=3", "c=true", "d=[0.9, 0.99]", 'e="x"', "f=adam", "g=NaN", "--no-wait")
+    assert out.returncode == 0, out.stderr
+    ids = out.stdout.split()
+    assert len(ids) == 7
+    # Inbox names sort in sending order, so the bridge applies the assignments in the order given.
+    sent = [json.loads(p.read_text()) for p in sorted(mailbox.inbox.iterdir())]
+    assert [c["id"] for c in sent] == ids
+    assert [(c["args"]["name"], c["args"]["value"]) for c in sent] == [
+        ("a", 0.01),
+        ("b", 3),
+        ("c", True),
+        ("d", [0.9, 0.99]),
+        ("e", "x"),
+        ("f", "adam"),
+        ("g", "NaN"),
+    ]
+
+
+def test_secret_signs_commands(cli: Cli, tmp_path: Path) -> None:
+    mailbox = Mailbox(tmp_path)
+    mailbox.create()
+    assert cli("stop", tmp_path, "--no-wait", secret="s3cret").returncode == 0
+    assert cli("resume", tmp_path, "--no-wait").returncode == 0
+    signed, unsigned = (json.loads(p.read_text()) for p in sorted(mailbox.inbox.iterdir()))
+    assert re.fullmatch(r"[0-9a-f]{64}", signed["sig"])
+    assert "sig" not in unsigned
+
+
+def test_status_of_an_empty_logdir_and_of_a_missing_one(cli: Cli, tmp_path: Path) -> None:
+    out = cli("status", tmp_path, "--json")
+    assert out.returncode == 0 and json.loads(out.stdout) == []
+    out = cli("status", tmp_path / "missing")
+    assert out.returncode == 2 and "not a directory" in out.stderr
+
+
+def test_status_lists_never_started_and_stale_runs(cli: Cli, tmp_path: Path) -> None:
+    Mailbox(tmp_path / "a").create()
+    stale = Mailbox(tmp_path / "b" / "c")
+    stale.create()
+    stale.write_state({"pid": 99, "heartbeat": time.time() - 100, "step": 5, "paused": False})
+    out = cli("status", tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["RUN", "STATE", "STEP", "STEPS/S", "HEARTBEAT", "PID", "PAUSED"]
+    assert lines[1].split()[:2] == ["a", "none"]
+    assert lines[2].split()[:3] == ["b/c", "stale", "5"]
+    rows = json.loads(cli("status", tmp_path, "--json").stdout)
+    assert [(r["run"], r["state"], r["pid"]) for r in rows] == [("a", "none", None), ("b/c", "stale", 99)]
+
+
+def test_metric_import_rejects_a_file_that_is_not_a_metric_set(cli: Cli, tmp_path: Path) -> None:
+    Mailbox(tmp_path).create()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"metrics": []}')
+    out = cli("metric", "import", tmp_path, bad)
+    assert out.returncode == 2 and "not a metric set" in out.stderr
+    bad.write_text("{not json")
+    out = cli("metric", "import", tmp_path, bad)
+    assert out.returncode == 2 and "not JSON" in out.stderr
+
+
+def test_reading_verbs_without_a_mailbox_exit_3(cli: Cli, tmp_path: Path) -> None:
+    for args in (["journal", tmp_path], ["metric", "ls", tmp_path], ["metric", "export", tmp_path, "-"]):
+        out = cli(*args)
+        assert out.returncode == 3, (args, out.stderr)
+        assert "no BIDViz mailbox" in out.stderr
+
+
+def test_journal_prints_entries_oldest_first(cli: Cli, tmp_path: Path) -> None:
+    mailbox = Mailbox(tmp_path)
+    mailbox.create()
+    t = time.mktime((2025, 3, 4, 5, 6, 7, 0, 0, -1))
+    mailbox.append_journal(
+        {
+            "time": t,
+            "step": 3,
+            "event": "command",
+            "id": "a" * 32,
+            "kind": "set_hparam",
+            "args": {"name": "lr", "value": 0.01},
+            "sender": "cli:me@here",
+            "status": "applied",
+        }
+    )
+    mailbox.append_journal(
+        {
+            "time": t + 1,
+            "step": 12,
+            "event": "command",
+            "id": "b" * 32,
+            "kind": "set_hparam",
+            "args": {"name": "lr", "value": -1},
+            "sender": "cli:me@here",
+            "status": "rejected",
+            "error": {
+                "type": "OutOfBounds",
+                "message": "lr must be >= 0.0; received -1",
+                "traceback": "",
+                "line": None,
+            },
+        }
+    )
+    mailbox.append_journal(
+        {
+            "time": t + 2,
+            "step": 20,
+            "event": "metric_error",
+            "metric": "m",
+            "error": {"type": "ZeroDivisionError", "message": "division by zero", "traceback": "...", "line": 2},
+        }
+    )
+    out = cli("journal", tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == '2025-03-04 05:06:07   3  cli:me@here  set_hparam {"name":"lr","value":0.01} -> applied'
+    assert lines[1].startswith("2025-03-04 05:06:08  12  cli:me@here  set_hparam")
+    assert lines[1].endswith("-> rejected: OutOfBounds: lr must be >= 0.0; received -1")
+    assert "metric_error m -> ZeroDivisionError: division by zero (line 2)" in lines[2]
+    tail = cli("journal", tmp_path, "--tail", "1", "--json")
+    assert [e["step"] for e in json.loads(tail.stdout)] == [20]
+
+
+def test_export_of_a_missing_run_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    out = cli("export", tmp_path / "missing")
+    assert out.returncode == 2 and "does not exist" in out.stderr

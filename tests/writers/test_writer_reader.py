@@ -1,0 +1,217 @@
+"""read_scalars / read_events against files written by tensorboardX, torch and TensorBoard's own (TF2-format) writer."""
+
+from __future__ import annotations
+
+import re
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorboardX
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2
+from tensorboard.plugins.scalar.summary_v2 import scalar_pb
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from torch.utils.tensorboard import SummaryWriter as TorchSummaryWriter
+
+from bidviz.writers import read_events, read_scalars
+
+
+def only_file(run_dir: Path) -> Path:
+    (file,) = run_dir.glob("*tfevents*")
+    return file
+
+
+def record_offsets(file: Path) -> list[int]:
+    """Byte offsets of the file's TFRecords, found by walking the framing (no checksums) independently."""
+    data = file.read_bytes()
+    offsets, offset = [], 0
+    while offset < len(data):
+        offsets.append(offset)
+        (length,) = struct.unpack_from("<Q", data, offset)
+        offset += 12 + length + 4
+    return offsets
+
+
+def write_tbx_run(run_dir: Path, values: list[float]) -> None:
+    writer = tensorboardX.SummaryWriter(str(run_dir))
+    for step, value in enumerate(values):
+        writer.add_scalar("loss", value, step * 10)
+    writer.close()
+
+
+def write_events(file_dir: Path, *events: event_pb2.Event) -> Path:
+    """Events through TensorBoard's own EventFileWriter (what TF2 writers produce); returns the file."""
+    writer = EventFileWriter(str(file_dir))
+    for event in events:
+        writer.add_event(event)
+    writer.close()
+    return only_file(file_dir)
+
+
+def tensor_event(tag: str, tensor: tensor_pb2.TensorProto, step: int, plugin: str | None = None) -> event_pb2.Event:
+    metadata = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin))
+    value = summary_pb2.Summary.Value(tag=tag, tensor=tensor, metadata=metadata if plugin else None)
+    return event_pb2.Event(step=step, wall_time=1000.0 + step, summary=summary_pb2.Summary(value=[value]))
+
+
+def test_tensorboardx_file_matches_event_accumulator(tmp_path: Path) -> None:
+    writer = tensorboardX.SummaryWriter(str(tmp_path))
+    for step in range(5):
+        writer.add_scalar("loss", 1.0 / (step + 1), step)
+        writer.add_scalar("acc", float("nan") if step == 2 else step * 0.1, step)
+    writer.add_text("notes", "not a scalar", 1)
+    writer.add_histogram("weights", np.arange(5), 1)
+    writer.close()
+    accumulator = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    series = read_scalars(tmp_path)
+    assert sorted(series) == ["acc", "loss"]
+    for tag, points in series.items():
+        expected = [(event.step, event.wall_time, event.value) for event in accumulator.Scalars(tag)]
+        np.testing.assert_array_equal(np.array(points), np.array(expected))  # NaN equals NaN here
+
+
+def test_torch_file_old_and_new_style(tmp_path: Path) -> None:
+    writer = TorchSummaryWriter(str(tmp_path))
+    for step in range(3):
+        writer.add_scalar("simple", step + 0.5, step)
+        writer.add_scalar("tensor", step + 0.25, step, new_style=True)
+        writer.add_scalar("double", 0.1 * step, step, new_style=True, double_precision=True)
+    writer.close()
+    series = read_scalars(tmp_path)
+    assert {tag: [(step, value) for step, _, value in points] for tag, points in series.items()} == {
+        "simple": [(0, 0.5), (1, 1.5), (2, 2.5)],
+        "tensor": [(0, 0.25), (1, 1.25), (2, 2.25)],
+        "double": [(0, 0.0), (1, 0.1), (2, 0.2)],  # exactly: stored as double_val
+    }
+    assert all(wall_time > time.time() - 600 for points in series.values() for _, wall_time, _ in points)
+
+
+def test_tf2_scalars_with_metadata_only_on_the_first_value(tmp_path: Path) -> None:
+    events = []
+    for step, value in enumerate([0.5, 0.25, 0.125]):
+        summary = scalar_pb("loss", value)
+        if step:
+            summary.value[0].ClearField("metadata")  # as TF2's writer does after a tag's first value
+        events.append(event_pb2.Event(step=step, wall_time=2000.0 + step, summary=summary))
+    write_events(tmp_path, *events)
+    assert read_scalars(tmp_path) == {"loss": [(0, 2000.0, 0.5), (1, 2001.0, 0.25), (2, 2002.0, 0.125)]}
+
+
+def _proto(dtype: str, **fields: object) -> tensor_pb2.TensorProto:
+    return tensor_pb2.TensorProto(dtype=dtype, **fields)
+
+
+def _content(dtype: str, value: float, numpy_dtype: str) -> tensor_pb2.TensorProto:
+    return _proto(dtype, tensor_content=np.array(value, dtype=numpy_dtype).tobytes())
+
+
+TENSOR_ENCODINGS = {
+    "float_val": (_proto("DT_FLOAT", float_val=[1.5]), 1.5),
+    "double_val": (_proto("DT_DOUBLE", double_val=[0.1]), 0.1),
+    "half_val": (_proto("DT_HALF", half_val=[int(np.array(-2.5, np.float16).view(np.uint16))]), -2.5),
+    "int_val": (_proto("DT_INT32", int_val=[-7]), -7.0),
+    "int64_val": (_proto("DT_INT64", int64_val=[2**40]), float(2**40)),
+    "float content": (_content("DT_FLOAT", 3.25, "<f4"), 3.25),
+    "double content": (_content("DT_DOUBLE", 0.3, "<f8"), 0.3),
+    "half content": (_content("DT_HALF", 0.5, "<f2"), 0.5),
+    "int32 content": (_content("DT_INT32", -3, "<i4"), -3.0),
+    "int64 content": (_content("DT_INT64", 2**50, "<i8"), float(2**50)),
+    "no values means zero": (_proto("DT_FLOAT"), 0.0),
+}
+
+
+@pytest.mark.parametrize("encoding", TENSOR_ENCODINGS)
+@pytest.mark.parametrize("plugin", [None, "scalars"])
+def test_tensor_scalar_encodings(tmp_path: Path, encoding: str, plugin: str | None) -> None:
+    tensor, expected = TENSOR_ENCODINGS[encoding]
+    write_events(tmp_path, tensor_event("x", tensor, 4, plugin))
+    assert read_scalars(tmp_path) == {"x": [(4, 1004.0, expected)]}
+
+
+def test_tensors_that_are_not_scalars_are_skipped(tmp_path: Path) -> None:
+    vector = _proto("DT_FLOAT", float_val=[1.0, 2.0], tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[{"size": 2}]))
+    one = tensor_shape_pb2.TensorShapeProto(dim=[{"size": 1}])
+    write_events(
+        tmp_path,
+        tensor_event("vector", vector, 1),
+        tensor_event("text", _proto("DT_STRING", string_val=[b"hi"]), 1, plugin="text"),
+        tensor_event("custom", _proto("DT_FLOAT", float_val=[1.0]), 1, plugin="custom"),
+        tensor_event("custom", _proto("DT_FLOAT", float_val=[2.0]), 2),  # the tag's plugin is remembered
+        tensor_event("shaped scalar", _proto("DT_FLOAT", float_val=[9.0], tensor_shape=one), 1, plugin="scalars"),
+    )
+    assert read_scalars(tmp_path) == {"shaped scalar": [(1, 1001.0, 9.0)]}
+
+
+def test_run_directory_reads_event_files_sorted_by_name_only(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    later = write_events(scratch / "a", tensor_event("x", _proto("DT_FLOAT", float_val=[5.0]), 5, "scalars"))
+    earlier = write_events(scratch / "b", tensor_event("x", _proto("DT_FLOAT", float_val=[1.0]), 1))
+    run = tmp_path / "run"
+    (run / "sub").mkdir(parents=True)
+    later.rename(run / "events.out.tfevents.2.host")
+    earlier.rename(run / "events.out.tfevents.1.host")
+    (run / "notes.txt").write_text("not events")
+    write_tbx_run(run / "sub", [7.0])  # not recursed into
+    assert read_scalars(run) == {"x": [(1, 1001.0, 1.0), (5, 1005.0, 5.0)]}
+    assert read_scalars(run / "events.out.tfevents.2.host") == {"x": [(5, 1005.0, 5.0)]}
+    assert read_scalars(tmp_path / "scratch") == {}
+
+
+def test_read_events_yields_file_and_every_event(tmp_path: Path) -> None:
+    write_tbx_run(tmp_path, [1.0, 2.0])
+    file = only_file(tmp_path)
+    events = list(read_events(tmp_path))
+    assert [name for name, _ in events] == [str(file)] * 3
+    assert events[0][1].file_version == "brain.Event:2"
+    assert [event.step for _, event in events[1:]] == [0, 10]
+
+
+@pytest.mark.parametrize("cut", ["inside the data", "inside the footer", "inside the header"])
+def test_truncated_last_record_is_skipped_with_a_warning(tmp_path: Path, cut: str) -> None:
+    write_tbx_run(tmp_path, [1.0, 2.0, 3.0])
+    file = only_file(tmp_path)
+    last = record_offsets(file)[-1]
+    size = file.stat().st_size
+    keep = {"inside the data": size - 10, "inside the footer": size - 2, "inside the header": last + 5}[cut]
+    with open(file, "r+b") as stream:
+        stream.truncate(keep)
+    with pytest.warns(UserWarning, match=re.escape(f"{file}: skipped a truncated record at byte offset {last}")):
+        series = read_scalars(tmp_path)
+    assert [(step, value) for step, _, value in series["loss"]] == [(0, 1.0), (10, 2.0)]
+
+
+@pytest.mark.parametrize(("where", "reason"), [(0, "length checksum"), (12, "data checksum"), (-1, "data checksum")])
+def test_a_corrupted_byte_raises_with_the_offset(tmp_path: Path, where: int, reason: str) -> None:
+    write_tbx_run(tmp_path, [1.0, 2.0, 3.0])
+    file = only_file(tmp_path)
+    second, third = record_offsets(file)[2:4]  # record 0 is the file_version event
+    position = second + where if where >= 0 else third - 5  # the length, the data's first and last byte
+    data = bytearray(file.read_bytes())
+    data[position] ^= 0x01
+    file.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=re.escape(f"{file}: corrupted record at byte offset {second} ({reason}")):
+        read_scalars(file)
+
+
+def test_missing_path_raises(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        read_scalars(tmp_path / "nope")
+
+
+def test_without_google_crc32c_the_tensorboardx_checksum_is_used(tmp_path: Path) -> None:
+    write_tbx_run(tmp_path, [1.0, 2.0])
+    code = f"""
+import sys
+sys.modules["google_crc32c"] = None  # makes `import google_crc32c` fail
+from bidviz.writers import read_scalars
+from bidviz.writers.reader import _crc32c
+assert _crc32c().__module__.startswith(("tensorboardX", "crc32c")), _crc32c().__module__
+assert [value for _, _, value in read_scalars({str(tmp_path)!r})["loss"]] == [1.0, 2.0]
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
