@@ -7,6 +7,7 @@ import builtins
 import collections
 import math
 import os
+import queue
 import socket
 import sys
 import threading
@@ -26,7 +27,7 @@ from .hparams import HParam, HParamView, optimizer_hparams
 from .interrupt import HookTimer
 from .metrics import ERRORS_TO_DISABLE, Metric, MetricTimeout, compile_metric, emit, error_info, make_function
 
-CHECK_SECONDS = 0.02  # step() looks at the inbox itself this often, in case the watcher is starved of the GIL
+CHECK_SECONDS = 0.01  # step() looks at the inbox itself this often, in case the watcher is starved of the GIL
 STATE_SECONDS = 0.2
 HEARTBEAT_SECONDS = 1.0
 REPR_LIMIT = 100_000
@@ -74,6 +75,9 @@ class Bridge:
         self._training_thread = threading.get_ident()
         self._lock = threading.RLock()  # registry, metrics, queue
         self._io_lock = threading.Lock()  # journal, responses, state file
+        # Journal, response and state writes (fsyncs of milliseconds) happen in their own thread, in order,
+        # so applying a command costs the training thread no disk wait.
+        self._io_queue: queue.SimpleQueue[tuple[str, dict[str, Any], Path | None] | None] = queue.SimpleQueue()
         self._scan_lock = threading.Lock()
         self._queue: collections.deque[Admitted] = collections.deque()
         self._wakeup = threading.Event()
@@ -104,6 +108,8 @@ class Bridge:
         else:
             self._load_done_ids()
         self._write_state()
+        self._io_thread = threading.Thread(target=self._io_loop, name="bidviz-io", daemon=True)
+        self._io_thread.start()
         from .watcher import InboxWatcher
 
         self._watcher = InboxWatcher(self.mailbox.inbox, self._on_files, self._on_tick, poll_interval)
@@ -190,6 +196,8 @@ class Bridge:
                 type="BridgeClosed",
             )
             self._finish(item, "rejected", error=err.as_error())
+        self._io_queue.put(None)
+        self._io_thread.join(timeout=60)
         try:
             self.writer.flush()
             self.writer.close()
@@ -214,7 +222,7 @@ class Bridge:
         if not self._stepping:
             self._first_step(step)
         now = time.monotonic()
-        if now - self._last_inbox_check >= CHECK_SECONDS:
+        if now - self._last_inbox_check >= CHECK_SECONDS / 2:  # the pacing below aims at CHECK_SECONDS
             self._last_inbox_check = now
             self._check_inbox()
         if self._queue:
@@ -262,7 +270,8 @@ class Bridge:
             mtime = os.stat(self.mailbox.inbox).st_mtime_ns
         except OSError:
             return
-        if mtime != self._inbox_mtime and self._scan_lock.acquire(blocking=False):
+        # Blocking briefly hands the GIL to a watcher that is mid-scan, instead of missing its result.
+        if mtime != self._inbox_mtime and self._scan_lock.acquire(timeout=0.005):
             try:
                 self._inbox_mtime = mtime
                 self._on_files(sorted(os.listdir(self.mailbox.inbox)), locked=True)
@@ -537,9 +546,9 @@ class Bridge:
     # -- responses, journal, state ----------------------------------------------------------------------
 
     def _finish(self, item: Admitted, status: str, *, result: Any = None, error: dict[str, Any] | None = None) -> None:
-        """Journal first, then state, then the response; then the command file goes. A crash anywhere in
-        between leaves the command either unanswered and unjournaled (done again once) or journaled (answered
-        from the journal on restart)."""
+        """Answer a command: the I/O thread journals it, then writes state, then the response, then removes the
+        command file. A crash anywhere in between leaves the command either unjournaled (done again once, on
+        restart) or journaled (answered from the journal on restart, never applied twice)."""
         cmd = item.command
         try:
             json_result = protocol.to_json_value(result)
@@ -565,6 +574,8 @@ class Bridge:
             applied_at=time.time(),
         ).to_dict()
         entry = {
+            "time": response["applied_at"],
+            "step": response["step"],
             "event": "command",
             "id": cmd.id,
             "kind": cmd.kind,
@@ -574,27 +585,27 @@ class Bridge:
             "error": error,
             "response": response,
         }
-        try:
-            with self._io_lock:
-                self._journal(entry, locked=True)
-                self._done[cmd.id] = response
-                self._write_state(locked=True)
-                self.mailbox.write_response(response)
-        except OSError as e:  # a full or vanished disk must not stop training; the file stays for a restart
-            _warn(f"could not answer command {cmd.id} ({cmd.kind}): {e}")
-            return
-        _unlink(item.file)
+        self._done[cmd.id] = response
+        self._io_queue.put(("command", entry, item.file))
 
-    def _journal(self, entry: dict[str, Any], *, locked: bool = False) -> None:
+    def _journal(self, entry: dict[str, Any]) -> None:
         entry = {"time": time.time(), "step": self._step if self._stepping else None, **entry}
-        if locked:
-            self.mailbox.append_journal(entry)
-            return
-        try:
-            with self._io_lock:
-                self.mailbox.append_journal(entry)
-        except OSError as e:
-            _warn(f"could not write the journal: {e}")
+        self._io_queue.put(("journal", entry, None))
+
+    def _io_loop(self) -> None:
+        while (job := self._io_queue.get()) is not None:
+            kind, entry, file = job
+            try:
+                with self._io_lock:
+                    self.mailbox.append_journal(entry)
+                    if kind == "command":
+                        self._write_state(locked=True)
+                        self.mailbox.write_response(entry["response"])
+            except OSError as e:  # a full or vanished disk must not stop training; the file stays for a restart
+                _warn(f"could not journal or answer {entry.get('kind', entry.get('event'))}: {e}")
+                continue
+            if file is not None:
+                _unlink(file)
 
     def _on_tick(self) -> None:
         now = time.monotonic()
