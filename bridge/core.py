@@ -114,8 +114,7 @@ class Bridge:
 
         self._watcher = InboxWatcher(self.mailbox.inbox, self._on_files, self._on_tick, poll_interval)
         self._watcher.start()
-        ref = weakref.ref(self)
-        self._atexit = lambda: (b := ref()) is not None and b.close()
+        self._atexit = _closer(weakref.ref(self))
         atexit.register(self._atexit)
 
     # -- public API -------------------------------------------------------------------------------------
@@ -710,7 +709,7 @@ class Bridge:
                         "sender": entry.get("sender", ""),
                     }
             elif kind == "remove_metric":
-                specs.pop(args.get("name"), None)
+                specs.pop(str(args.get("name")), None)
             elif kind in ("pause_metric", "resume_metric") and args.get("name") in specs:
                 specs[args["name"]]["status"] = "paused" if kind == "pause_metric" else "running"
                 if kind == "resume_metric":
@@ -723,6 +722,17 @@ class Bridge:
             self._install_metric(spec, code, spec["sender"])
             self._metrics[name].status = "disabled" if name in disabled else spec["status"]
         self._refresh_active()
+
+
+def _closer(ref: weakref.ReferenceType[Bridge]) -> Callable[[], None]:
+    """Close at interpreter exit a bridge the user forgot, without keeping it alive until then."""
+
+    def close() -> None:
+        bridge = ref()
+        if bridge is not None:
+            bridge.close()
+
+    return close
 
 
 def _warn(message: str) -> None:

@@ -37,9 +37,11 @@ def compile_eval(code: str) -> tuple[types.CodeType | None, types.CodeType | Non
     filename = "<eval>"
     tree = _parse(code, filename)
     last = None
-    if tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = ast.Expression(body=tree.body.pop().value)
-        ast.copy_location(last, last.body)
+    tail = tree.body[-1] if tree.body else None
+    if isinstance(tail, ast.Expr):
+        tree.body.pop()
+        last = ast.Expression(body=tail.value)
+        ast.copy_location(last, tail.value)
     try:
         stmts = compile(tree, filename, "exec") if tree.body else None
         expr = compile(last, filename, "eval") if last is not None else None
@@ -68,7 +70,7 @@ def _function_code(body: list[ast.stmt], filename: str) -> types.CodeType:
         col_offset=0,
     )
     if "type_params" in ast.FunctionDef._fields:  # Python 3.12+
-        fn.type_params = []
+        fn.type_params = []  # type: ignore[attr-defined,unused-ignore]
     module = ast.Module(body=[fn], type_ignores=[])
     ast.fix_missing_locations(module)
     try:

@@ -99,3 +99,21 @@ def test_journal_records_who_changed_what_at_which_step(start_trainer):
     assert change == pytest.approx(
         {"step": resp["step"], "old": 0.9, "value": 0.5, "time": change["time"], "sender": entry["sender"]}
     )
+
+
+def test_a_bridge_left_open_is_closed_and_flushed_at_interpreter_exit(tmp_path):
+    import subprocess
+    import sys
+
+    from bridge_helpers import scalars
+
+    from bidviz.channel import Mailbox
+
+    script = (
+        "import sys\nfrom bidviz import Bridge\nb = Bridge(sys.argv[1], flush_secs=600)\n"
+        "b.add_metric('sq', 'step * step')\nfor s in range(50):\n    b.step(s)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert Mailbox(tmp_path / "run").liveness() == "ended"
+    assert scalars(tmp_path / "run", "bidviz/sq")[-1] == (49, 49 * 49)
