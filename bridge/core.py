@@ -72,6 +72,7 @@ class Bridge:
         self._next_check = 0
         self._step = 0
         self._stepping = False  # first step seen: hparams registered by then
+        self._session_written = False
         self._training_thread = threading.get_ident()
         self._lock = threading.RLock()  # registry, metrics, queue
         self._io_lock = threading.Lock()  # journal, responses, state file
@@ -144,7 +145,8 @@ class Bridge:
         hp = HParam(name, value, kind, min, max, tuple(choices) if choices is not None else None, on_change)
         hp.value = hp.coerce(value)
         self._register(hp)
-        return hp.value
+        self._write_session()
+        return hp.current()
 
     def bind_optimizer(self, optimizer: Any, scheduler: Any = None) -> list[str]:
         """Register every numeric param-group value of a torch optimizer (`lr`, `momentum`, `betas`, ...)."""
@@ -152,6 +154,7 @@ class Bridge:
         for hp in optimizer_hparams(optimizer, scheduler):
             self._register(hp)
             names.append(hp.name)
+        self._write_session()
         self.namespace["optimizer"] = optimizer
         self.namespace["scheduler"] = scheduler
         return names
@@ -251,18 +254,25 @@ class Bridge:
     def _first_step(self, step: int) -> None:
         self._stepping = True
         with self._lock:
-            flat = {}
-            for name, hp in self._hparams.items():
-                value = hp.current()
-                if isinstance(value, tuple):
-                    flat.update({f"{name}/{i}": v for i, v in enumerate(value)})
-                else:
-                    flat[name] = value
-            if flat:
-                self.writer.add_hparams_session(flat, [f"hparams/{n}" for n in flat])
+            self._write_session()
             for name, hp in self._hparams.items():
                 self._write_hparam(name, hp.current(), step)
         self._state_dirty = True
+
+    def _write_session(self) -> None:
+        """The starting values as TensorBoard's HPARAMS session, once: at the first step, or at the first
+        registration after it for loops that bind their optimizer late (TensorBoard keeps the first one)."""
+        if self._session_written or not self._stepping or not self._hparams:
+            return
+        flat = {}
+        for name, hp in self._hparams.items():
+            value = hp.current()
+            if isinstance(value, tuple):
+                flat.update({f"{name}/{i}": v for i, v in enumerate(value)})
+            else:
+                flat[name] = value
+        self.writer.add_hparams_session(flat, [f"hparams/{n}" for n in flat])
+        self._session_written = True
 
     def _check_inbox(self) -> None:
         try:

@@ -190,3 +190,20 @@ def test_event_file_exists_when_the_bridge_starts(tmp_path):
     with Bridge(tmp_path / "run"):
         files = [p.name for p in (tmp_path / "run").iterdir() if "tfevents" in p.name]
         assert len(files) == 1
+
+
+def test_optimizer_bound_after_the_first_step_still_gets_an_hparams_session(tmp_path):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    _, opt = model_and_opt()
+    run = tmp_path / "run"
+    with Bridge(run) as b:
+        b.step(0)
+        b.step(1)
+        b.bind_optimizer(opt)  # as trainers that build the optimizer inside their own run() do
+        b.step(2)
+    content = load_events(run).PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    assert set(start.session_start_info.hparams) == {"lr", "momentum", "dampening", "weight_decay"}
+    ((first_step, value),) = scalars(run, "hparams/lr")  # the curve starts where lr was registered
+    assert first_step <= 2 and value == pytest.approx(0.1)
