@@ -7,7 +7,6 @@ import builtins
 import collections
 import math
 import os
-import queue
 import socket
 import sys
 import threading
@@ -25,12 +24,12 @@ from . import admission
 from .admission import Admitted
 from .hparams import HParam, HParamView, optimizer_hparams
 from .interrupt import HookTimer
+from .journal import Recorder, Replay, build_response, replay, unlink
 from .metrics import ERRORS_TO_DISABLE, Metric, MetricTimeout, compile_metric, emit, error_info, make_function
 
 CHECK_SECONDS = 0.01  # step() looks at the inbox itself this often, in case the watcher is starved of the GIL
 STATE_SECONDS = 0.2
 HEARTBEAT_SECONDS = 1.0
-REPR_LIMIT = 100_000
 
 
 class Bridge:
@@ -75,10 +74,6 @@ class Bridge:
         self._session_written = False
         self._training_thread = threading.get_ident()
         self._lock = threading.RLock()  # registry, metrics, queue
-        self._io_lock = threading.Lock()  # journal, responses, state file
-        # Journal, response and state writes (fsyncs of milliseconds) happen in their own thread, in order,
-        # so applying a command costs the training thread no disk wait.
-        self._io_queue: queue.SimpleQueue[tuple[str, dict[str, Any], Path | None] | None] = queue.SimpleQueue()
         self._scan_lock = threading.Lock()
         self._queue: collections.deque[Admitted] = collections.deque()
         self._wakeup = threading.Event()
@@ -92,8 +87,6 @@ class Bridge:
         self._last_flush = time.monotonic()
         self._last_slow = time.monotonic()
         self._calls_at_slow = 0
-        self._last_state = 0.0
-        self._state_dirty = True
         self._rate_mark = (time.monotonic(), 0)
         self._inbox_mtime = 0
         self._last_inbox_check = 0.0
@@ -104,13 +97,10 @@ class Bridge:
         self.writer = as_writer(writer, run_dir=str(self.run_dir), flush_secs=flush_secs)
         self.writer.flush()  # the event file exists from the start, so TensorBoard lists the run
         self.namespace: dict[str, Any] = self._base_namespace(namespace)
-        if resume:
-            self._replay_journal()
-        else:
-            self._load_done_ids()
-        self._write_state()
-        self._io_thread = threading.Thread(target=self._io_loop, name="bidviz-io", daemon=True)
-        self._io_thread.start()
+        self._recorder = Recorder(self.mailbox, self.state)
+        self._restore(replay(self.mailbox.iter_journal(), restore=resume))
+        self._recorder.write_state()
+        self._recorder.start()
         from .watcher import InboxWatcher
 
         self._watcher = InboxWatcher(self.mailbox.inbox, self._on_files, self._on_tick, poll_interval)
@@ -198,13 +188,12 @@ class Bridge:
                 type="BridgeClosed",
             )
             self._finish(item, "rejected", error=err.as_error())
-        self._io_queue.put(None)
-        self._io_thread.join(timeout=60)
+        self._recorder.close()
         try:
             self.writer.flush()
             self.writer.close()
         finally:
-            self._write_state()
+            self._recorder.write_state()
             self._owner.release()
 
     def __enter__(self) -> Bridge:
@@ -257,7 +246,7 @@ class Bridge:
             self._write_session()
             for name, hp in self._hparams.items():
                 self._write_hparam(name, hp.current(), step)
-        self._state_dirty = True
+        self._recorder.dirty = True
 
     def _write_session(self) -> None:
         """The starting values as TensorBoard's HPARAMS session, once: at the first step, or at the first
@@ -337,7 +326,7 @@ class Bridge:
         self._journal({"event": "metric_error", "metric": m.name, "error": info})
         if m.errors_in_row >= ERRORS_TO_DISABLE:
             self._disable(m, f"disabled after {m.errors_in_row} errors in a row", step)
-        self._state_dirty = True
+        self._recorder.dirty = True
 
     def _metric_timeout(self, m: Metric, step: int) -> None:
         info = {
@@ -357,7 +346,7 @@ class Bridge:
             m.status = "disabled"
             self._refresh_active()
         self._journal({"event": "metric_disabled", "metric": m.name, "reason": reason, "step": step})
-        self._state_dirty = True
+        self._recorder.dirty = True
 
     # -- admission (watcher thread, or the training thread when the watcher is starved) -----------------
 
@@ -375,7 +364,7 @@ class Bridge:
             if done is not None:  # answered before a crash or restart: never apply twice
                 if self.mailbox.read_response(cid) is None:
                     self.mailbox.write_response(done)
-                _unlink(path)
+                unlink(path)
                 continue
             try:
                 with self._lock:
@@ -493,24 +482,10 @@ class Bridge:
             raise admission.unknown_hparam(name, list(self._hparams))
         value = hp.coerce(value)
         old = hp.current()
-        self._assign(hp, value)
+        hp.assign(value)
         hp.record(_plain_json(old), _plain_json(value), self._step, sender)
         self._write_hparam(name, value, self._step)
         return {"name": name, "value": _plain_json(value), "old": _plain_json(old)}
-
-    def _assign(self, hp: HParam, value: Any) -> None:
-        old = hp.current()
-        if hp.apply is not None:
-            hp.apply(value)
-        hp.value = value
-        if hp.on_change is not None:
-            try:
-                hp.on_change(value)
-            except BaseException:
-                if hp.apply is not None:
-                    hp.apply(old)
-                hp.value = old
-                raise
 
     def _write_hparam(self, name: str, value: Any, step: int) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float, tuple)):
@@ -531,7 +506,7 @@ class Bridge:
     def _refresh_active(self) -> None:
         self._active = [m for m in self._metrics.values() if m.status == "running"]
         self._next_check = 0
-        self._state_dirty = True
+        self._recorder.dirty = True
 
     def _register(self, hp: HParam) -> None:
         with self._lock:
@@ -546,75 +521,22 @@ class Bridge:
                     pass  # the registered type or bounds changed since: keep the new start value
                 else:
                     old = hp.current()
-                    self._assign(hp, value)
+                    hp.assign(value)
                     hp.record(_plain_json(old), _plain_json(value), self._step, "journal (resumed run)")
             if self._stepping:
                 self._write_hparam(hp.name, hp.current(), self._step)
-            self._state_dirty = True
+            self._recorder.dirty = True
 
     # -- responses, journal, state ----------------------------------------------------------------------
 
     def _finish(self, item: Admitted, status: str, *, result: Any = None, error: dict[str, Any] | None = None) -> None:
-        """Answer a command: the I/O thread journals it, then writes state, then the response, then removes the
-        command file. A crash anywhere in between leaves the command either unjournaled (done again once, on
-        restart) or journaled (answered from the journal on restart, never applied twice)."""
-        cmd = item.command
-        try:
-            json_result = protocol.to_json_value(result)
-        except TypeError:
-            json_result = None
-        text = None
-        if status == "applied":
-            try:
-                text = repr(result)
-            except Exception as e:  # noqa: BLE001 - a broken __repr__ is not the command's failure
-                text = f"<repr failed: {type(e).__name__}: {e}>"
-            if len(text) > REPR_LIMIT:
-                text = text[:REPR_LIMIT] + f"... ({len(text)} characters)"
-        response = protocol.Response(
-            id=cmd.id,
-            kind=cmd.kind,
-            status=status,
-            step=self._step if self._stepping else None,
-            result=json_result if len(protocol.dumps(json_result)) <= REPR_LIMIT else None,
-            repr=text,
-            error=error,
-            received_at=item.received_at,
-            applied_at=time.time(),
-        ).to_dict()
-        entry = {
-            "time": response["applied_at"],
-            "step": response["step"],
-            "event": "command",
-            "id": cmd.id,
-            "kind": cmd.kind,
-            "args": cmd.args,
-            "sender": cmd.sender,
-            "status": status,
-            "error": error,
-            "response": response,
-        }
-        self._done[cmd.id] = response
-        self._io_queue.put(("command", entry, item.file))
+        """Answer a command; the recorder journals it before the response appears (see `Recorder`)."""
+        response = build_response(item, status, self._step if self._stepping else None, result, error)
+        self._done[item.command.id] = response
+        self._recorder.command(item, response)
 
     def _journal(self, entry: dict[str, Any]) -> None:
-        entry = {"time": time.time(), "step": self._step if self._stepping else None, **entry}
-        self._io_queue.put(("journal", entry, None))
-
-    def _io_loop(self) -> None:
-        while (job := self._io_queue.get()) is not None:
-            kind, entry, file = job
-            try:
-                with self._io_lock:
-                    self.mailbox.append_journal(entry)
-                    if kind == "command":
-                        self._write_state(locked=True)
-                        self.mailbox.write_response(entry["response"])
-            except OSError as e:  # a full or vanished disk must not stop training; the file stays for a restart
-                _warn(f"could not journal or answer {entry.get('kind', entry.get('event'))}: {e}")
-                continue
-            if file is not None:
-                _unlink(file)
+        self._recorder.event({"time": time.time(), "step": self._step if self._stepping else None, **entry})
 
     def _on_tick(self) -> None:
         now = time.monotonic()
@@ -629,16 +551,9 @@ class Bridge:
             self._wrote = False
             self._last_flush = now
             self.writer.flush()
-        if self._state_dirty and now - self._last_state >= STATE_SECONDS or now - self._last_state >= HEARTBEAT_SECONDS:
-            self._write_state()
-
-    def _write_state(self, *, locked: bool = False) -> None:
-        if not locked:
-            with self._io_lock:
-                return self._write_state(locked=True)
-        self._state_dirty = False
-        self._last_state = time.monotonic()
-        self.mailbox.write_state(self.state())
+        since = now - self._recorder.last_state
+        if self._recorder.dirty and since >= STATE_SECONDS or since >= HEARTBEAT_SECONDS:
+            self._recorder.write_state()
 
     def state(self) -> dict[str, Any]:
         """What `state.json` holds: a snapshot safe to take from any thread."""
@@ -681,56 +596,17 @@ class Bridge:
         ns.update({"hparams": self.hparams, "bridge": self})
         return ns
 
-    def _load_done_ids(self) -> None:
-        for entry in self.mailbox.iter_journal():
-            if entry.get("event") == "command" and isinstance(entry.get("response"), dict):
-                self._done[entry["id"]] = entry["response"]
-
-    def _replay_journal(self) -> None:
-        """Rebuild tuned hyperparameters and the metric set of a resumed run from its journal."""
-        from .diagnostics import PACK
-
-        specs: dict[str, dict[str, Any]] = {}
-        disabled: set[str] = set()
-        for entry in self.mailbox.iter_journal():
-            event = entry.get("event")
-            if event == "metric_disabled":
-                disabled.add(entry.get("metric", ""))
-                continue
-            if event != "command" or not isinstance(entry.get("response"), dict):
-                continue
-            self._done[entry["id"]] = entry["response"]
-            if entry.get("status") != "applied":
-                continue
-            kind, args = entry.get("kind"), entry.get("args") or {}
-            if kind == "set_hparam":
-                self._overrides[args["name"]] = args["value"]
-            elif kind == "add_metric":
-                specs[args["name"]] = {**args, "status": "running", "sender": entry.get("sender", "")}
-                disabled.discard(args["name"])
-            elif kind == "add_diagnostics":
-                for name, src in PACK.items():
-                    specs[name] = {
-                        "name": name,
-                        "code": src,
-                        "every": args.get("every", 1),
-                        "kind": "auto",
-                        "status": "running",
-                        "sender": entry.get("sender", ""),
-                    }
-            elif kind == "remove_metric":
-                specs.pop(str(args.get("name")), None)
-            elif kind in ("pause_metric", "resume_metric") and args.get("name") in specs:
-                specs[args["name"]]["status"] = "paused" if kind == "pause_metric" else "running"
-                if kind == "resume_metric":
-                    disabled.discard(args["name"])
-        for name, spec in specs.items():
+    def _restore(self, journal: Replay) -> None:
+        """Answered commands, tuned hyperparameters and the metric set of a resumed run."""
+        self._done = journal.done
+        self._overrides = journal.hparams
+        for name, spec in journal.metrics.items():
             try:
                 code = compile_metric(name, spec["code"])
             except ProtocolError:
                 continue
             self._install_metric(spec, code, spec["sender"])
-            self._metrics[name].status = "disabled" if name in disabled else spec["status"]
+            self._metrics[name].status = spec["status"]
         self._refresh_active()
 
 
@@ -743,17 +619,6 @@ def _closer(ref: weakref.ReferenceType[Bridge]) -> Callable[[], None]:
             bridge.close()
 
     return close
-
-
-def _warn(message: str) -> None:
-    print(f"bidviz: {message}", file=sys.stderr, flush=True)
-
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _plain_json(value: Any) -> Any:

@@ -47,6 +47,21 @@ class HParam:
     def current(self) -> Any:
         return self.read() if self.read is not None else self.value
 
+    def assign(self, value: Any) -> None:
+        """Make `value` (already coerced) current where it lives; undone if `on_change` raises."""
+        old = self.current()
+        if self.apply is not None:
+            self.apply(value)
+        self.value = value
+        if self.on_change is not None:
+            try:
+                self.on_change(value)
+            except BaseException:
+                if self.apply is not None:
+                    self.apply(old)
+                self.value = old
+                raise
+
     def coerce(self, value: Any) -> Any:
         """`value` converted to this hparam's type and checked, or ProtocolError saying what is expected."""
         expected = self._describe()
