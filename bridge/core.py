@@ -498,6 +498,8 @@ class Bridge:
         self._wrote = True
 
     def _install_metric(self, args: Mapping[str, Any], code: Any, sender: str) -> None:
+        if "torch" not in self.namespace and "torch" in sys.modules:  # imported after the bridge was made
+            self.namespace["torch"] = sys.modules["torch"]
         name = args["name"]
         fn = make_function(code, self.namespace)
         self._metrics[name] = Metric(name, args["code"], args["every"], args.get("kind", "auto"), fn, sender)
