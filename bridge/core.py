@@ -25,7 +25,7 @@ from .admission import Admitted
 from .hparams import HParam, HParamView, optimizer_hparams
 from .interrupt import HookTimer
 from .journal import Recorder, Replay, build_response, replay, unlink
-from .metrics import ERRORS_TO_DISABLE, Metric, MetricTimeout, compile_metric, emit, error_info, make_function
+from .metrics import Metric, MetricTimeout, compile_metric, emit, error_info, make_function
 
 CHECK_SECONDS = 0.01  # step() looks at the inbox itself this often, in case the watcher is starved of the GIL
 STATE_SECONDS = 0.2
@@ -277,75 +277,39 @@ class Bridge:
                 self._scan_lock.release()
 
     def _run_metrics(self, step: int) -> None:
-        tid = threading.get_ident()
-        timer = self._timer
+        call = self._timer.call
         for m in self._active:
             if step % m.every:
                 continue
-            error: BaseException | None = None
-            value: Any = None
             try:
-                timer.start(tid)
-                value = m.fn(m.state)
-            except MetricTimeout as e:
-                error = e
-            except Exception as e:
-                error = e
-            fired = self._finish_timer(timer)
-            if fired:
-                self._metric_timeout(m, step)
-                continue
-            if error is None:
-                try:
-                    shown = emit(self.writer, f"bidviz/{m.name}", value, m.kind, step)
-                except Exception as e:
-                    error = e
-                else:
+                value = call(m.fn, m.state)
+                if value is None:
                     m.errors_in_row = 0
-                    if value is not None:
-                        m.last_value, m.last_step = shown, step
-                        m.recent.append((step, shown))
-                        self._wrote = True
                     continue
-            self._metric_error(m, step, error)
+                shown = emit(self.writer, f"bidviz/{m.name}", value, m.kind, step)
+            except MetricTimeout as e:
+                self._metric_error(m, step, e, f"metric {m.name!r} {e}")
+            except Exception as e:
+                self._metric_error(m, step, e)
+            else:
+                m.record_value(step, shown)
+                self._wrote = True
 
-    @staticmethod
-    def _finish_timer(timer: HookTimer) -> bool:
-        while True:
-            try:
-                return timer.finish()
-            except MetricTimeout:  # delivered between the hook's end and the clearing: it did fire
-                continue
-
-    def _metric_error(self, m: Metric, step: int, exc: BaseException) -> None:
+    def _metric_error(self, m: Metric, step: int, exc: BaseException, message: str | None = None) -> None:
         info = error_info(exc, "<metric")
+        if message is not None:
+            info.update(message=message, traceback="", line=None)
         info["step"] = step
-        m.error_count += 1
-        m.errors_in_row += 1
-        m.last_error = info
+        disable = m.record_error(info)
         self._journal({"event": "metric_error", "metric": m.name, "error": info})
-        if m.errors_in_row >= ERRORS_TO_DISABLE:
-            self._disable(m, f"disabled after {m.errors_in_row} errors in a row", step)
-        self._recorder.dirty = True
-
-    def _metric_timeout(self, m: Metric, step: int) -> None:
-        info = {
-            "type": "MetricTimeout",
-            "message": f"metric {m.name!r} ran longer than its {self.hook_budget:g} s budget and was interrupted",
-            "traceback": "",
-            "line": None,
-            "step": step,
-        }
-        m.error_count += 1
-        m.last_error = info
-        self._journal({"event": "metric_error", "metric": m.name, "error": info})
-        self._disable(m, "disabled: ran past its time budget", step)
-
-    def _disable(self, m: Metric, reason: str, step: int) -> None:
-        with self._lock:
-            m.status = "disabled"
-            self._refresh_active()
-        self._journal({"event": "metric_disabled", "metric": m.name, "reason": reason, "step": step})
+        if disable:
+            reason = (
+                "disabled: ran past its time budget" if message else f"disabled after {m.errors_in_row} errors in a row"
+            )
+            with self._lock:
+                m.status = "disabled"
+                self._refresh_active()
+            self._journal({"event": "metric_disabled", "metric": m.name, "reason": reason})
         self._recorder.dirty = True
 
     # -- admission (watcher thread, or the training thread when the watcher is starved) -----------------
@@ -395,17 +359,12 @@ class Bridge:
         self._finish(Admitted(stub, path, time.time()), "rejected", error=error.as_error())
 
     def _eval_now(self, item: Admitted) -> None:
-        timer = self._now_timer
         try:
-            timer.start(threading.get_ident())
-            value = admission.eval_code(item.code, self.namespace)
+            value = self._now_timer.call(admission.eval_code, item.code, self.namespace)
         except BaseException as e:  # noqa: BLE001 - any failure of user code is its answer
-            if self._finish_timer(timer) or isinstance(e, MetricTimeout):
-                e = MetricTimeout(f"eval ran longer than its {self.hook_budget:g} s budget and was interrupted")
-            self._finish(item, "failed", error=error_info(e, "<eval"))
-            return
-        self._finish_timer(timer)
-        self._finish(item, "applied", result=value)
+            self._finish(item, "failed", error=error_info(_eval_error(e), "<eval"))
+        else:
+            self._finish(item, "applied", result=value)
 
     # -- applying (training thread) ---------------------------------------------------------------------
 
@@ -420,9 +379,7 @@ class Bridge:
                 self._finish(item, "failed", error=error_info(e, "<eval"))
                 raise
             except BaseException as e:  # noqa: BLE001 - SystemExit from `exit()` in the terminal included
-                if isinstance(e, MetricTimeout):
-                    e = MetricTimeout(f"eval ran longer than its {self.hook_budget:g} s budget and was interrupted")
-                self._finish(item, "failed", error=error_info(e, "<eval"))
+                self._finish(item, "failed", error=error_info(_eval_error(e), "<eval"))
             else:
                 self._finish(item, "applied", result=result)
 
@@ -433,14 +390,7 @@ class Bridge:
         if kind == "set_hparam":
             return self._set_hparam(args["name"], args["value"], cmd.sender)
         if kind == "eval":
-            timer = self._timer
-            try:
-                timer.start(threading.get_ident())
-                value = admission.eval_code(item.code, self.namespace)
-            finally:
-                if self._finish_timer(timer):
-                    raise MetricTimeout("interrupted")
-            return value
+            return self._timer.call(admission.eval_code, item.code, self.namespace)
         if kind == "pause":
             self.paused = True
             return True
@@ -621,6 +571,10 @@ def _closer(ref: weakref.ReferenceType[Bridge]) -> Callable[[], None]:
             bridge.close()
 
     return close
+
+
+def _eval_error(e: BaseException) -> BaseException:
+    return MetricTimeout(f"eval {e}") if isinstance(e, MetricTimeout) else e
 
 
 def _plain_json(value: Any) -> Any:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from .metrics import MetricTimeout
 
@@ -32,7 +34,11 @@ class HookTimer:
         if self._thread is None:
             self._thread = threading.Thread(target=self._watch, name="bidviz-hook-timer", daemon=True)
             self._thread.start()
-        self._running = (thread_id, time.monotonic())
+        with self._lock:
+            if self._fired:  # an interrupt that landed after its hook, outside `finish`: never into this one
+                _set_async_exc(thread_id, ctypes.py_object())
+                self._fired = False
+            self._running = (thread_id, time.monotonic())
 
     def finish(self) -> bool:
         """Called by the training thread after its hook; True when the hook was interrupted."""
@@ -43,6 +49,27 @@ class HookTimer:
                 # The interrupt may still be pending (the hook returned first): clear it.
                 _set_async_exc(running[0], ctypes.py_object())
         return fired
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` in this thread under the budget; MetricTimeout if it ran past it (whatever else it raised)."""
+        self.start(threading.get_ident())
+        try:
+            value = fn(*args)
+        except BaseException:
+            if self._finished():
+                raise MetricTimeout(f"ran longer than its {self.budget:g} s budget and was interrupted") from None
+            raise
+        if self._finished():
+            raise MetricTimeout(f"ran longer than its {self.budget:g} s budget and was interrupted")
+        return value
+
+    def _finished(self) -> bool:
+        fired = False
+        while True:
+            try:
+                return self.finish() or fired
+            except MetricTimeout:  # delivered between the hook's end and the clearing: it did fire
+                fired = True
 
     def _watch(self) -> None:
         while not self._closed.wait(min(0.1, self.budget / 4)):

@@ -122,6 +122,18 @@ class Metric:
     last_error: dict[str, Any] | None = None
     recent: deque[tuple[int, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_KEPT))
 
+    def record_value(self, step: int, shown: Any) -> None:
+        self.errors_in_row = 0
+        self.last_value, self.last_step = shown, step
+        self.recent.append((step, shown))
+
+    def record_error(self, info: dict[str, Any]) -> bool:
+        """Count an error; True when the metric must now be disabled."""
+        self.error_count += 1
+        self.errors_in_row += 1
+        self.last_error = info
+        return info["type"] == "MetricTimeout" or self.errors_in_row >= ERRORS_TO_DISABLE
+
     def describe(self) -> dict[str, Any]:
         return {
             "code": self.code,
