@@ -17,6 +17,17 @@ from bidviz.protocol import ProtocolError, to_json_value
 ERRORS_TO_DISABLE = 5
 RECENT_KEPT = 60
 _FN_NAME = "__bidviz_metric__"
+_NS = "__bidviz_ns__"
+_SCOPES = (
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.ClassDef,
+    ast.Lambda,
+    ast.ListComp,
+    ast.SetComp,
+    ast.DictComp,
+    ast.GeneratorExp,
+)
 
 
 def compile_metric(name: str, code: str) -> types.CodeType:
@@ -57,13 +68,59 @@ def _parse(code: str, filename: str) -> ast.Module:
         raise _syntax_error(e, code) from None
 
 
+def _bound_names(body: list[ast.stmt]) -> list[str]:
+    """Names the body assigns at its own level: in a function these would be local from the first line on."""
+    names: dict[str, None] = {}
+    declared: set[str] = set()
+    todo: list[ast.AST] = list(body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names[node.id] = None
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            declared.update(node.names)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names[node.name] = None
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update({(a.asname or a.name).split(".")[0]: None for a in node.names})
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names[node.name] = None
+            todo.extend(node.decorator_list)
+        if not isinstance(node, _SCOPES):
+            todo.extend(ast.iter_child_nodes(node))
+    return [n for n in names if n not in declared and n not in ("state", _NS)]
+
+
+def _prelude(names: list[str]) -> list[ast.stmt]:
+    """`if 'loss' in ns: loss = ns['loss']` for each name the body assigns, so that `loss = loss.item()` reads
+    the step's `loss` first, as it would at module level, instead of failing with UnboundLocalError."""
+    ns = ast.Name(id=_NS, ctx=ast.Load())
+    return [
+        ast.If(
+            test=ast.Compare(left=ast.Constant(n), ops=[ast.In()], comparators=[ns]),
+            body=[
+                ast.Assign(
+                    targets=[ast.Name(id=n, ctx=ast.Store())], value=ast.Subscript(ns, ast.Constant(n), ast.Load())
+                )
+            ],
+            orelse=[],
+        )
+        for n in names
+    ]
+
+
 def _function_code(body: list[ast.stmt], filename: str) -> types.CodeType:
     fn = ast.FunctionDef(
         name=_FN_NAME,
         args=ast.arguments(
-            posonlyargs=[], args=[ast.arg(arg="state")], vararg=None, kwonlyargs=[], kw_defaults=[], defaults=[]
+            posonlyargs=[],
+            args=[ast.arg(arg="state")],
+            vararg=None,
+            kwonlyargs=[ast.arg(arg=_NS)],
+            kw_defaults=[None],
+            defaults=[],
         ),
-        body=body or [ast.Pass()],
+        body=_prelude(_bound_names(body)) + (body or [ast.Pass()]),
         decorator_list=[],
         returns=None,
         lineno=1,
@@ -158,7 +215,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def make_function(code: types.CodeType, globals_: dict[str, Any]) -> Callable[[dict[str, Any]], Any]:
-    return types.FunctionType(code, globals_, _FN_NAME)
+    fn = types.FunctionType(code, globals_, _FN_NAME)
+    fn.__kwdefaults__ = {_NS: globals_}
+    return fn
 
 
 # -- writing values ------------------------------------------------------------------------------------

@@ -151,3 +151,20 @@ def test_diagnostics_pack(trainer):
     assert state["metrics"]["diag/lr"]["last_value"] == pytest.approx(state["hparams"]["lr"]["value"])
     assert state["metrics"]["diag/grad_norm"]["last_value"] > 0
     assert 0 < state["metrics"]["diag/update_ratio"]["last_value"] < 1
+
+
+def test_a_body_may_rebind_a_name_of_the_step(trainer):
+    assert trainer.call("add_metric", name="plus2", code="float(loss) + 2")["status"] == "applied"
+    code = "loss = float(loss)\nfor i in range(2):\n    loss = loss + 1\nreturn loss"
+    assert trainer.call("add_metric", name="rebind", code=code)["status"] == "applied"
+    state = trainer.wait_for(
+        lambda s: (
+            len(s["metrics"].get("rebind", {}).get("recent", [])) >= 3
+            or s["metrics"].get("rebind", {}).get("error_count")
+        ),
+        what="values",
+    )
+    rebind, plus2 = state["metrics"]["rebind"], dict(map(tuple, state["metrics"]["plus2"]["recent"]))
+    assert rebind["error_count"] == 0, rebind["last_error"]
+    for step, value in rebind["recent"]:
+        assert value == pytest.approx(plus2[step]), "same step, same loss: the step's loss was read, then rebound"
