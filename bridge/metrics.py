@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bidviz.protocol import ProtocolError, to_json_value
+from bidviz.writers.adapters import to_numpy
 
 ERRORS_TO_DISABLE = 5
 RECENT_KEPT = 60
@@ -223,15 +224,6 @@ def make_function(code: types.CodeType, globals_: dict[str, Any]) -> Callable[[d
 # -- writing values ------------------------------------------------------------------------------------
 
 
-def _to_numpy(value: Any) -> Any:
-    import numpy as np
-
-    detach = getattr(value, "detach", None)
-    if callable(detach):  # torch
-        value = detach().cpu().numpy()
-    return np.asarray(value)
-
-
 def _is_array(value: Any) -> bool:
     return hasattr(value, "shape") and hasattr(value, "dtype")
 
@@ -253,7 +245,7 @@ def emit(writer: Any, tag: str, value: Any, kind: str, step: int) -> Any:
             writer.add_scalar(f"{tag}/{k}", x, step)
         return out
     if kind == "histogram":
-        arr = _to_numpy(value)
+        arr = to_numpy(value)
         if arr.size == 0 or not _is_numeric(arr):
             raise TypeError(f"a histogram needs a non-empty numeric tensor/array; got {arr.dtype} of shape {arr.shape}")
         writer.add_histogram(tag, arr, step)
@@ -264,7 +256,7 @@ def emit(writer: Any, tag: str, value: Any, kind: str, step: int) -> Any:
         writer.add_text(tag, value, step)
         return value[:200]
     if kind == "image":
-        arr = _to_numpy(value)
+        arr = to_numpy(value)
         writer.add_image(tag, arr, step, dataformats=_image_format(arr))
         return {"shape": list(arr.shape)}
     raise ValueError(f"unknown metric kind {kind!r}")

@@ -153,12 +153,16 @@ class _Adapter:
 
 
 class _TbxAdapter(_Adapter):
-    def _write(self, summary: Any, step: int) -> None:
+    def __init__(self, writer: Any, *, run_dir: str | None, owned: bool, flush_secs: float) -> None:
         from tensorboardX.proto.event_pb2 import Event
 
+        super().__init__(writer, run_dir=run_dir, owned=owned, flush_secs=flush_secs)
+        self._event = Event
+
+    def _write(self, summary: Any, step: int) -> None:
         # Straight to its EventsWriter (which has its own lock), past its queue: tensorboardX's flush() flushes the
         # file without waiting for the queue, so events added just before a flush() could stay unwritten.
-        event = Event(summary=summary, wall_time=time.time(), step=step)
+        event = self._event(summary=summary, wall_time=time.time(), step=step)
         self._writer._get_file_writer().event_writer._ev_writer.write_event(event)
 
 
