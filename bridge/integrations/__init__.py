@@ -1,0 +1,1 @@
+"""Framework integrations: each module attaches a Bridge to one framework's own hook system."""

@@ -1,0 +1,321 @@
+"""The control-plane core: every HTTP route of DESIGN.md as a plain method over the log directory's mailboxes.
+
+No HTTP here. The TensorBoard plugin (werkzeug) and the standalone server (Starlette) are thin shells: they run
+`security.Guard.check` on the request, call one method, and turn its value or its `ControlError` into a response.
+
+Runs come from a `RunSource` (TensorBoard's data provider in the plugin, a walk of the log directory in the
+standalone server); a run is addressable only when its source lists it *and* its directory resolves strictly
+inside the log directory.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import io
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from bidviz import protocol
+from bidviz.channel import DIRNAME, ChannelError, Mailbox
+
+SECRET_ENV = "BIDVIZ_SECRET"
+JOURNAL_LIMIT = 500
+REPR_SHOWN = 4000
+MAX_BODY = 2 * protocol.MAX_COMMAND_BYTES
+
+
+class ControlError(Exception):
+    """A request the core cannot serve; `status` is its HTTP status, the message says what to do."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class RunSource(Protocol):
+    """Where the core learns which runs exist and which scalar tags they hold."""
+
+    def run_names(self) -> Sequence[str]: ...
+
+    def scalar_tags(self, run: str) -> Sequence[str] | None:
+        """The run's scalar tags, or None to have the core read them from the event files."""
+        ...
+
+
+class DirectoryRuns:
+    """Runs found by walking a local log directory: every directory holding event files or a BIDViz mailbox."""
+
+    def __init__(self, logdir: str | os.PathLike[str]) -> None:
+        self.logdir = Path(logdir)
+
+    def run_names(self) -> list[str]:
+        names = []
+        for dirpath, dirnames, filenames in os.walk(self.logdir):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            if DIRNAME in os.listdir(dirpath) or any("tfevents" in f for f in filenames):
+                rel = os.path.relpath(dirpath, self.logdir)
+                names.append("." if rel == "." else Path(rel).as_posix())
+        return sorted(names)
+
+    def scalar_tags(self, run: str) -> None:
+        return None
+
+
+def _is_remote(logdir: str) -> bool:
+    return "://" in logdir
+
+
+class ControlPlane:
+    """List runs, read a run's state and journal, send it commands and read their responses, export its series."""
+
+    def __init__(self, logdir: str | None, source: RunSource, *, secret: str | None = None) -> None:
+        self.logdir = logdir or ""
+        self.source = source
+        self.secret = secret if secret is not None else (os.environ.get(SECRET_ENV) or None)
+
+    # -- why control may be impossible -----------------------------------------------------------------------
+
+    def control_problem(self) -> str | None:
+        """Why no run of this log directory can be controlled, or None when it can."""
+        if not self.logdir:
+            return (
+                "TensorBoard was started without a single --logdir (e.g. with --logdir_spec), so BIDViz cannot tell "
+                "which directory a run lives in; start it with --logdir DIR to control runs (reading still works)"
+            )
+        if _is_remote(self.logdir):
+            return (
+                f"the log directory {self.logdir} is remote; BIDViz controls runs through files in a local or "
+                "mounted directory: mount it (e.g. with gcsfuse or sshfs) and point --logdir at the mount, or run "
+                "`bidviz` on the training machine"
+            )
+        if not os.path.isdir(self.logdir):
+            return f"the log directory {self.logdir} does not exist (yet); start training into it"
+        return None
+
+    # -- runs --------------------------------------------------------------------------------------------------
+
+    def _listed(self) -> list[str]:
+        try:
+            return sorted(set(self.source.run_names()))
+        except Exception as e:  # a data provider hiccup must not break the tab
+            raise ControlError(503, f"TensorBoard could not list its runs yet ({e}); try again in a moment") from e
+
+    def resolve(self, run: object, *, listed: Iterable[str] | None = None) -> Path:
+        """The directory of a listed run, strictly inside the log directory, or a ControlError saying why not."""
+        if not isinstance(run, str) or not run:
+            raise ControlError(400, "give the run: ?run=NAME, a run name as TensorBoard lists it")
+        problem = self.control_problem()
+        if problem:
+            raise ControlError(409, problem)
+        if "\x00" in run or os.path.isabs(run) or run.startswith(("/", "\\")) or ".." in Path(run).parts:
+            raise ControlError(400, f"run {run!r} refused: a run is a relative name inside the log directory")
+        names = self._listed() if listed is None else list(listed)
+        if run not in names:
+            shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
+            raise ControlError(404, f"no run {run!r} in {self.logdir}; runs: {shown or '(none yet)'}")
+        root = os.path.realpath(self.logdir)
+        path = os.path.realpath(os.path.join(root, run))
+        if os.path.commonpath([root, path]) != root:
+            raise ControlError(403, f"run {run!r} refused: it resolves outside the log directory (a symlink?)")
+        return Path(path)
+
+    def _mailbox(self, run: object, *, write: bool = False) -> Mailbox:
+        mailbox = Mailbox(self.resolve(run))
+        root = mailbox.root
+        if os.path.islink(root):
+            raise ControlError(403, f"{root} is a symlink; a mailbox must be a real directory: remove it")
+        if root.exists():
+            st = os.stat(root)
+            if st.st_uid != os.getuid():
+                raise ControlError(
+                    403,
+                    f"{root} belongs to uid {st.st_uid}, not to this TensorBoard (uid {os.getuid()}); run "
+                    "TensorBoard as the user that runs training",
+                )
+        if write and not mailbox.exists():
+            raise ControlError(
+                409,
+                f"run {run!r} has no bridge: attach one in the training script "
+                "(`from bidviz import Bridge`; `bridge = Bridge(run_dir)`; `bridge.step(step, loss=loss)`)",
+            )
+        if write and not os.access(mailbox.inbox, os.W_OK):
+            raise ControlError(
+                403,
+                f"{mailbox.inbox} is not writable by this TensorBoard (uid {os.getuid()}); the log directory may "
+                "be read-only here: run TensorBoard as the training user or use `bidviz` where it is writable",
+            )
+        return mailbox
+
+    def runs(self) -> dict[str, Any]:
+        problem = self.control_problem()
+        names = self._listed()
+        rows = []
+        for name in names:
+            row: dict[str, Any] = {"run": name, "live": "none", "controllable": False}
+            if problem is None:
+                try:
+                    mailbox = Mailbox(self.resolve(name, listed=names))
+                except ControlError as e:
+                    row["problem"] = e.message
+                    rows.append(row)
+                    continue
+                state = mailbox.read_state() if mailbox.exists() else None
+                known = state or {}
+                row.update(
+                    live=mailbox.liveness(state),
+                    controllable=mailbox.exists(),
+                    step=known.get("step"),
+                    steps_per_sec=known.get("steps_per_sec"),
+                    heartbeat=known.get("heartbeat"),
+                    paused=known.get("paused"),
+                    pid=known.get("pid"),
+                    host=known.get("host"),
+                )
+            rows.append(row)
+        return {"runs": rows, "logdir": self.logdir, "problem": problem, "now": time.time()}
+
+    # -- reading -----------------------------------------------------------------------------------------------
+
+    def state(self, run: object) -> dict[str, Any]:
+        mailbox = self._mailbox(run)
+        state = mailbox.read_state() if mailbox.exists() else None
+        if state is None:
+            return {"run": run, "live": "none", "state": None, "now": time.time()}
+        return {"run": run, "live": mailbox.liveness(state), "state": state, "now": time.time()}
+
+    def journal(self, run: object, limit: object = JOURNAL_LIMIT) -> dict[str, Any]:
+        try:
+            n = int(limit)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            raise ControlError(400, f"limit must be a whole number; received {limit!r}") from None
+        n = max(1, min(n, 10_000))
+        mailbox = self._mailbox(run)
+        entries = deque((_slim(e) for e in mailbox.iter_journal()), maxlen=n)
+        return {"run": run, "entries": list(entries)}
+
+    def response(self, run: object, command_id: object) -> dict[str, Any]:
+        if not isinstance(command_id, str) or not protocol.is_command_id(command_id):
+            raise ControlError(400, f"id must be a command id (32 hex digits) as POST command returns: {command_id!r}")
+        mailbox = self._mailbox(run)
+        resp = mailbox.read_response(command_id)
+        if resp is None:
+            raise ControlError(404, f"no response to {command_id} yet: the bridge has not applied it; ask again")
+        return resp
+
+    def scalar_tags(self, run: object) -> dict[str, Any]:
+        run_dir = self.resolve(run)
+        tags = self.source.scalar_tags(str(run))
+        if tags is None:
+            tags = sorted(self._read_scalars(run_dir))
+        return {"run": run, "tags": sorted(tags)}
+
+    def data(self, run: object, tag: object, fmt: object = "json") -> tuple[bytes, str, str]:
+        """A series' points for download: (body, content type, file name)."""
+        if fmt not in ("csv", "json"):
+            raise ControlError(400, f"format must be csv or json; received {fmt!r}")
+        if not isinstance(tag, str) or not tag:
+            raise ControlError(400, "give the series: ?tag=NAME (see GET tags?run=)")
+        run_dir = self.resolve(run)
+        series = self._read_scalars(run_dir)
+        if tag not in series:
+            shown = ", ".join(sorted(series)[:30])
+            raise ControlError(404, f"run {run!r} has no scalar series {tag!r}; it has: {shown or '(none)'}")
+        points = series[tag]
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{run}_{tag}").strip("._") or "series"
+        if fmt == "json":
+            body = {
+                "run": run,
+                "tag": tag,
+                "points": [
+                    {"step": s, "wall_time": w, "value": protocol.to_json_value(float(v))} for s, w, v in points
+                ],
+            }
+            return protocol.dumps(body), "application/json", f"{stem}.json"
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["step", "wall_time", "value"])
+        for s, w, v in points:
+            writer.writerow([s, repr(float(w)), repr(float(v))])
+        return out.getvalue().encode(), "text/csv", f"{stem}.csv"
+
+    @staticmethod
+    def _read_scalars(run_dir: Path) -> Mapping[str, Any]:
+        from bidviz.writers import read_scalars
+
+        try:
+            return read_scalars(run_dir)
+        except Exception as e:
+            raise ControlError(500, f"could not read the event files of {run_dir}: {e}") from e
+
+    # -- writing -----------------------------------------------------------------------------------------------
+
+    def command(self, body: bytes, *, sender: str) -> dict[str, Any]:
+        """POST command: body {"run", "kind", "args"}; drops one command in the run's inbox, returns {"id"}."""
+        request = _json_body(body)
+        unknown = sorted(set(request) - {"run", "kind", "args"})
+        if unknown:
+            raise ControlError(400, f"a command takes run, kind and args; unknown {', '.join(unknown)}")
+        mailbox = self._mailbox(request.get("run"), write=True)
+        kind = request.get("kind")
+        if not isinstance(kind, str):
+            raise ControlError(400, f"kind must be one of {', '.join(protocol.KINDS)}; received {kind!r}")
+        try:
+            command = protocol.make_command(kind, request.get("args") or {}, sender=sender, secret=self.secret)
+            command_id = mailbox.send(command)
+        except protocol.ProtocolError as e:
+            raise ControlError(413 if e.type == "TooLarge" else 400, str(e)) from None
+        except ChannelError as e:
+            raise ControlError(409, str(e)) from None
+        except OSError as e:
+            raise ControlError(
+                503, f"could not write the command into {mailbox.inbox}: {e.strerror or e}; is the disk full?"
+            ) from None
+        state = mailbox.read_state()
+        return {"id": command_id, "live": mailbox.liveness(state)}
+
+    def check(self, body: bytes) -> dict[str, Any]:
+        """Syntax-check metric or terminal code without running it: {"ok"} or the error with its line."""
+        request = _json_body(body)
+        code = request.get("code")
+        if not isinstance(code, str):
+            raise ControlError(400, 'check takes {"code": "..."}')
+        try:
+            ast.parse(code, "<metric>", "exec")
+        except SyntaxError as e:
+            return {"ok": False, "error": f"{type(e).__name__}: {e.msg}", "line": e.lineno, "column": e.offset}
+        except ValueError as e:  # null bytes
+            return {"ok": False, "error": f"ValueError: {e}", "line": None, "column": None}
+        if not code.strip():
+            return {"ok": False, "error": "the code is empty", "line": None, "column": None}
+        return {"ok": True}
+
+
+def _json_body(body: bytes) -> dict[str, Any]:
+    if len(body) > MAX_BODY:
+        raise ControlError(413, f"request body is {len(body)} bytes; the limit is {MAX_BODY}")
+    try:
+        obj = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ControlError(400, f"the body must be a JSON object: {e}") from None
+    if not isinstance(obj, dict):
+        raise ControlError(400, f"the body must be a JSON object; received {type(obj).__name__}")
+    return obj
+
+
+def _slim(entry: dict[str, Any]) -> dict[str, Any]:
+    """A journal entry for the tab: the response's status and a bounded repr, not its whole result."""
+    out = {k: v for k, v in entry.items() if k != "response"}
+    resp = entry.get("response")
+    if isinstance(resp, dict):
+        text = resp.get("repr")
+        if isinstance(text, str) and len(text) > REPR_SHOWN:
+            text = text[:REPR_SHOWN] + "..."
+        out["repr"] = text
+    return out

@@ -1,0 +1,180 @@
+"""The BIDViz TensorBoard plugin: the routes of DESIGN.md as a thin werkzeug shell over `core.ControlPlane`.
+
+Each route checks the request (`security.Guard`), calls one core method and answers JSON. Errors are TensorBoard
+`PublicError`s whose body is ``{"error": "<what to do>"}``, so TensorBoard's own error handling serves them.
+Runs come from `context.data_provider`, which works with the Rust data server and the Python loader alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+from tensorboard import errors
+from tensorboard.backend import http_util
+from tensorboard.data import provider
+from tensorboard.plugins import base_plugin
+from werkzeug import wrappers
+
+from bidviz.tb_plugin import security
+from bidviz.tb_plugin.core import ControlError, ControlPlane
+
+logger = logging.getLogger(__name__)
+
+PLUGIN_NAME = "bidviz"
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+
+
+class BIDVizError(errors.PublicError):
+    """A refused or failed request: TensorBoard answers it with `http_code` and our JSON body."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(json.dumps({"error": message}))
+        self.http_code = status
+        self.message = message
+
+
+def static_files() -> dict[str, bytes]:
+    """The tab's assets, read once: only these names are ever served (no path from the request reaches open())."""
+    root = resources.files("bidviz.tb_plugin").joinpath("static")
+    return {
+        entry.name: entry.read_bytes()
+        for entry in root.iterdir()
+        if entry.is_file() and any(entry.name.endswith(ext) for ext in STATIC_TYPES)
+    }
+
+
+class DataProviderRuns:
+    """Runs and scalar tags as TensorBoard itself sees them, through `context.data_provider`."""
+
+    def __init__(self, data_provider: Any, environ: dict[str, Any]) -> None:
+        from tensorboard import plugin_util
+
+        self._provider = data_provider
+        self._ctx = plugin_util.context(environ)
+        self._eid = plugin_util.experiment_id(environ)
+
+    def run_names(self) -> list[str]:
+        if self._provider is None:
+            return []
+        return [r.run_name for r in self._provider.list_runs(self._ctx, experiment_id=self._eid)]
+
+    def scalar_tags(self, run: str) -> list[str] | None:
+        if self._provider is None:
+            return None
+        listing = self._provider.list_scalars(
+            self._ctx,
+            experiment_id=self._eid,
+            plugin_name="scalars",
+            run_tag_filter=provider.RunTagFilter(runs=[run]),
+        )
+        return sorted(listing.get(run, {}))
+
+
+class BIDVizPlugin(base_plugin.TBPlugin):
+    plugin_name = PLUGIN_NAME
+
+    def __init__(self, context: base_plugin.TBContext) -> None:
+        self._context = context
+        flags = context.flags
+        hosts = security.parse_hosts(getattr(flags, "bidviz_allowed_hosts", None))
+        bound = (getattr(flags, "host", None) or "").strip()
+        if bound and bound not in ("0.0.0.0", "::", "*"):
+            hosts.append(bound)  # `--host NAME` means the user opens TensorBoard by that name
+        self.guard = security.Guard(hosts)
+        self._static: dict[str, bytes] | None = None
+
+    # -- plugin contract -----------------------------------------------------------------------------------------
+
+    def get_plugin_apps(self) -> dict[str, Callable[..., Any]]:
+        return {
+            "/static/*": self._serve_static,
+            "/runs": self._route(self._runs),
+            "/state": self._route(lambda core, req: core.state(req.args.get("run"))),
+            "/journal": self._route(lambda core, req: core.journal(req.args.get("run"), req.args.get("limit", 500))),
+            "/csrf": self._route(lambda core, req: {"token": self.guard.token}),
+            "/command": self._route(self._command, method="POST"),
+            "/check": self._route(lambda core, req: core.check(req.get_data()), method="POST"),
+            "/response": self._route(lambda core, req: core.response(req.args.get("run"), req.args.get("id"))),
+            "/tags": self._route(lambda core, req: core.scalar_tags(req.args.get("run"))),
+            "/data": self._data,
+        }
+
+    def is_active(self) -> bool:
+        return True  # the tab explains how to attach a bridge when no run has one
+
+    def frontend_metadata(self) -> base_plugin.FrontendMetadata:
+        return base_plugin.FrontendMetadata(es_module_path="/static/index.js", tab_name="BIDViz", disable_reload=False)
+
+    # -- the shell ------------------------------------------------------------------------------------------------
+
+    def core(self, environ: dict[str, Any]) -> ControlPlane:
+        return ControlPlane(self._context.logdir, DataProviderRuns(self._context.data_provider, environ))
+
+    def _check(self, request: wrappers.Request, method: str) -> None:
+        if request.method != method:
+            raise BIDVizError(405, f"use {method} for this route; received {request.method}")
+        try:
+            self.guard.check(
+                security.Request(
+                    method=request.method,
+                    host=request.headers.get("Host", ""),
+                    origin=request.headers.get("Origin"),
+                    sec_fetch_site=request.headers.get("Sec-Fetch-Site"),
+                    content_type=request.headers.get("Content-Type"),
+                    csrf=request.headers.get(security.CSRF_HEADER),
+                )
+            )
+        except security.Refused as e:
+            logger.warning("BIDViz refused %s %s: %s", request.method, request.path, e.message)
+            raise BIDVizError(e.status, e.message) from None
+
+    def _route(self, impl: Callable[[ControlPlane, wrappers.Request], Any], method: str = "GET") -> Callable[..., Any]:
+        @wrappers.Request.application
+        def app(request: wrappers.Request) -> wrappers.Response:
+            self._check(request, method)
+            try:
+                body = impl(self.core(request.environ), request)
+            except ControlError as e:
+                raise BIDVizError(e.status, e.message) from None
+            return http_util.Respond(request, json.dumps(body, allow_nan=False), "application/json")
+
+        return app
+
+    def _runs(self, core: ControlPlane, request: wrappers.Request) -> dict[str, Any]:
+        return core.runs()
+
+    def _command(self, core: ControlPlane, request: wrappers.Request) -> dict[str, Any]:
+        return core.command(request.get_data(), sender=f"tab:{request.remote_addr or 'unknown'}")
+
+    @wrappers.Request.application
+    def _data(self, request: wrappers.Request) -> wrappers.Response:
+        self._check(request, "GET")
+        try:
+            body, content_type, filename = self.core(request.environ).data(
+                request.args.get("run"), request.args.get("tag"), request.args.get("format", "json")
+            )
+        except ControlError as e:
+            raise BIDVizError(e.status, e.message) from None
+        disposition = "attachment" if request.args.get("download") else "inline"
+        return http_util.Respond(
+            request,
+            body,
+            content_type,
+            headers=[("Content-Disposition", f'{disposition}; filename="{filename}"')],
+        )
+
+    @wrappers.Request.application
+    def _serve_static(self, request: wrappers.Request) -> wrappers.Response:
+        self._check(request, "GET")
+        if self._static is None:
+            self._static = static_files()
+        name = request.path.rsplit("/", 1)[-1]
+        data = self._static.get(name)
+        if data is None or "/static/" + name not in request.path:
+            raise BIDVizError(404, f"no such BIDViz asset: {name!r}")
+        content_type = STATIC_TYPES[name[name.rfind(".") :]]
+        return http_util.Respond(request, data, content_type)

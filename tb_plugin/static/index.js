@@ -1,0 +1,376 @@
+// The BIDViz tab. TensorBoard loads this module in an iframe and calls render(); it polls its runs and the
+// selected run's state about every second, and also refreshes when TensorBoard says its data reloaded.
+
+import {getJson, sendCommand} from './api.js';
+import {el, formatAge, formatValue, section} from './dom.js';
+import {HParamsPanel} from './hparams.js';
+import {MetricsPanel} from './metrics.js';
+import {TerminalPanel} from './terminal.js';
+
+const POLL_MS = 1000;
+const RUNS_EVERY = 3; // polls
+const RUN_KEY = 'bidviz.run';
+const DONE = {pause: 'paused', resume: 'resumed', stop: 'stop requested: training ends at its next step'};
+
+const ATTACH_HELP = `from bidviz import Bridge
+
+bridge = Bridge("runs/my_run", namespace={"model": model})
+bridge.bind_optimizer(optimizer)           # lr, momentum, ... become settable
+for step, batch in enumerate(loader):
+    loss = train_step(batch)
+    bridge.step(step, loss=loss)
+    if bridge.should_stop:
+        break`;
+
+class App {
+  constructor(root) {
+    this.root = root;
+    this.runs = [];
+    this.selected = null;
+    this.live = 'none';
+    this.state = null;
+    this.tick = 0;
+    this.timer = null;
+    this.inflight = false;
+    this.controllable = null;
+
+    this.runSelect = el('select', {testid: 'run-select', 'aria-label': 'run', onchange: () => this.select(this.runSelect.value)});
+    this.badge = el('span', {class: 'badge', testid: 'run-status'});
+    this.stepText = el('span', {testid: 'run-step'});
+    this.rateText = el('span', {testid: 'run-rate'});
+    this.beatText = el('span', {testid: 'run-heartbeat'});
+    this.whoText = el('span', {class: 'muted'});
+    this.banner = el('div', {class: 'banner', testid: 'banner', hidden: true});
+    this.help = el(
+      'div',
+      {class: 'help', testid: 'attach-help', hidden: true},
+      el('p', {testid: 'attach-help-text'}),
+      el('pre', {class: 'code-preview', text: ATTACH_HELP}),
+    );
+
+    this.pauseButton = el('button', {testid: 'pause', text: 'Pause', onclick: () => this.control('pause')});
+    this.resumeButton = el('button', {testid: 'resume', text: 'Resume', onclick: () => this.control('resume')});
+    this.stopButton = el('button', {class: 'danger', testid: 'stop', text: 'Stop…', onclick: () => this.confirmStop(true)});
+    this.stopConfirm = el(
+      'div',
+      {class: 'confirm', testid: 'stop-confirmation', hidden: true},
+      el('span', {text: 'Stop training? The script ends the run at its next step (bridge.should_stop).'}),
+      el('button', {class: 'danger', testid: 'stop-confirm', text: 'Stop training', onclick: () => this.stop()}),
+      el('button', {class: 'secondary', testid: 'stop-cancel', text: 'Cancel', onclick: () => this.confirmStop(false)}),
+    );
+    this.controlMsg = el('div', {class: 'inline-msg', testid: 'control-message'});
+
+    this.journalBody = el('tbody');
+    this.tagSelect = el('select', {testid: 'download-tag', 'aria-label': 'series', onchange: () => this.updateLinks()});
+    this.csvLink = el('a', {class: 'button secondary', testid: 'download-csv', text: 'CSV'});
+    this.jsonLink = el('a', {class: 'button secondary', testid: 'download-json', text: 'JSON'});
+
+    this.hparams = new HParamsPanel(this);
+    this.metrics = new MetricsPanel(this);
+    this.terminal = new TerminalPanel(this);
+    this.build();
+  }
+
+  build() {
+    const header = el(
+      'header',
+      {class: 'topbar'},
+      el('label', {class: 'run-pick'}, 'Run ', this.runSelect),
+      this.badge,
+      el('span', {class: 'stat'}, 'step ', this.stepText),
+      el('span', {class: 'stat'}, this.rateText, ' steps/s'),
+      el('span', {class: 'stat'}, 'heartbeat ', this.beatText),
+      this.whoText,
+      el('span', {class: 'spacer'}),
+      this.controlMsg,
+      this.pauseButton,
+      this.resumeButton,
+      this.stopButton,
+    );
+    const journal = section(
+      'Journal',
+      'journal-card',
+      el(
+        'div',
+        {class: 'scroll'},
+        el(
+          'table',
+          {class: 'grid', testid: 'journal'},
+          el('thead', {}, el('tr', {}, ['Step', 'When', 'Who', 'What', 'Result'].map((h) => el('th', {text: h})))),
+          this.journalBody,
+        ),
+      ),
+    );
+    const downloads = section(
+      'Downloads',
+      'downloads',
+      el('div', {class: 'form-row'}, el('label', {}, 'Series ', this.tagSelect), this.csvLink, this.jsonLink),
+      el('p', {class: 'muted', text: 'Every scalar series of the run, at full resolution from its event files. PNG of a metric: its PNG button.'}),
+    );
+    this.main = el(
+      'div',
+      {class: 'columns', testid: 'run-view'},
+      el('div', {class: 'col'}, this.hparams.element, journal),
+      el('div', {class: 'col'}, this.metrics.element, this.terminal.element, downloads),
+    );
+    this.root.replaceChildren(el('div', {class: 'bidviz'}, header, this.stopConfirm, this.banner, this.help, this.main));
+  }
+
+  run() {
+    return this.selected;
+  }
+
+  send(kind, args, onQueued = null) {
+    if (!this.selected) return Promise.reject(new Error('pick a run first'));
+    return sendCommand(this.selected, kind, args, {onQueued});
+  }
+
+  refreshSoon() {
+    setTimeout(() => this.poll(false), 150);
+  }
+
+  showBanner(text, kind = 'warn') {
+    this.banner.hidden = !text;
+    this.banner.className = `banner ${kind}`;
+    this.banner.textContent = text || '';
+  }
+
+  async loadRuns() {
+    const data = await getJson('runs');
+    this.runs = data.runs;
+    this.problem = data.problem;
+    const names = this.runs.map((r) => r.run);
+    const current = [...this.runSelect.options].map((o) => o.value);
+    if (names.join('\n') !== current.join('\n')) {
+      this.runSelect.replaceChildren(
+        ...this.runs.map((r) => el('option', {value: r.run, text: r.controllable ? r.run : `${r.run} (no bridge)`})),
+      );
+    }
+    if (!names.length) {
+      this.selected = null;
+      return;
+    }
+    if (!this.selected || !names.includes(this.selected)) {
+      const remembered = localStorage.getItem(RUN_KEY);
+      const firstLive = this.runs.find((r) => r.live === 'live') || this.runs.find((r) => r.controllable);
+      this.selected = names.includes(remembered) ? remembered : (firstLive || this.runs[0]).run;
+      this.loadTags();
+    }
+    this.runSelect.value = this.selected;
+  }
+
+  select(run) {
+    this.selected = run;
+    localStorage.setItem(RUN_KEY, run);
+    this.state = null;
+    this.journalBody.replaceChildren();
+    this.loadTags();
+    this.poll(false);
+  }
+
+  async loadTags() {
+    const run = this.selected;
+    if (!run) return;
+    try {
+      const {tags} = await getJson('tags', {run});
+      if (run !== this.selected) return;
+      const before = this.tagSelect.value;
+      this.tagSelect.replaceChildren(...tags.map((t) => el('option', {value: t, text: t})));
+      if (tags.includes(before)) this.tagSelect.value = before;
+    } catch (_) {
+      this.tagSelect.replaceChildren();
+    }
+    this.updateLinks();
+  }
+
+  updateLinks() {
+    const tag = this.tagSelect.value;
+    for (const [link, format] of [[this.csvLink, 'csv'], [this.jsonLink, 'json']]) {
+      if (!tag) {
+        link.removeAttribute('href');
+        continue;
+      }
+      const query = new URLSearchParams({run: this.selected, tag, format, download: '1'});
+      link.href = `./data?${query}`;
+      link.download = `${this.selected}_${tag}.${format}`.replace(/[^\w.-]+/g, '_');
+    }
+  }
+
+  async poll(schedule = true) {
+    if (this.inflight) return;
+    this.inflight = true;
+    try {
+      if (this.tick % RUNS_EVERY === 0 || !this.runs.length) await this.loadRuns();
+      this.tick += 1;
+      await this.loadRun();
+    } catch (e) {
+      this.showBanner(`BIDViz cannot reach its routes: ${e.message}`, 'error');
+    } finally {
+      this.inflight = false;
+      if (schedule) this.timer = setTimeout(() => this.poll(), POLL_MS);
+    }
+  }
+
+  async loadRun() {
+    if (!this.selected) {
+      this.showView(null);
+      return;
+    }
+    const run = this.selected;
+    const [stateData, journalData] = await Promise.all([
+      getJson('state', {run}),
+      getJson('journal', {run, limit: 200}).catch(() => ({entries: []})),
+    ]);
+    if (run !== this.selected) return;
+    this.state = stateData.state;
+    this.live = stateData.live;
+    this.showView(stateData);
+    this.showJournal(journalData.entries || []);
+  }
+
+  showView(data) {
+    const state = data && data.state;
+    const live = data ? data.live : 'none';
+    this.badge.textContent = state && state.paused && live === 'live' ? 'paused' : live;
+    this.badge.className = `badge ${state && state.paused && live === 'live' ? 'paused' : live}`;
+    this.stepText.textContent = formatValue(state ? state.step : null);
+    this.rateText.textContent = state && typeof state.steps_per_sec === 'number' ? state.steps_per_sec.toFixed(1) : '–';
+    this.beatText.textContent = state ? formatAge(data.now - state.heartbeat) : '–';
+    this.whoText.textContent = state ? `pid ${state.pid} on ${state.host}` : '';
+
+    const helpText = this.help.querySelector('p');
+    if (!this.runs.length) {
+      this.showBanner('');
+      helpText.textContent = 'No runs in this log directory yet. Start a training script that writes here; to steer it from this tab, attach a Bridge:';
+    } else if (this.problem) {
+      this.showBanner(this.problem, 'warn');
+    } else if (!state) {
+      this.showBanner('');
+      helpText.textContent = `Run "${this.selected}" has no BIDViz bridge, so it is shown read-only (downloads work). To steer a run from here, attach a Bridge in its training script:`;
+    } else if (live === 'stale') {
+      this.showBanner(
+        `The bridge of this run is stale: no heartbeat for ${formatAge(data.now - state.heartbeat).replace(' ago', '')}. ` +
+          'Training hung, crashed or was killed; commands wait in the inbox until a Bridge starts on this run again.',
+        'warn',
+      );
+    } else if (live === 'ended') {
+      this.showBanner('This run has ended: its training closed the bridge. Commands wait until a Bridge starts on it again.', 'info');
+    } else if (state.paused) {
+      this.showBanner('Training is paused at a step boundary. Resume to continue.', 'info');
+    } else if (state.watcher_error) {
+      this.showBanner(`The bridge's watcher reported: ${state.watcher_error}`, 'warn');
+    } else {
+      this.showBanner('');
+    }
+    this.help.hidden = Boolean(state) || Boolean(this.problem && this.runs.length);
+    this.main.hidden = !this.selected;
+    const controllable = Boolean(state) && !this.problem;
+    if (controllable !== this.controllable) {
+      this.controllable = controllable;
+      for (const panel of [this.hparams, this.metrics, this.terminal]) panel.setEnabled(controllable);
+      for (const b of [this.pauseButton, this.resumeButton, this.stopButton]) b.disabled = !controllable;
+    }
+    this.pauseButton.hidden = Boolean(state && state.paused);
+    this.resumeButton.hidden = !(state && state.paused);
+    this.hparams.update(state);
+    this.metrics.update(state);
+    if (!controllable) this.hparams.setEnabled(false);
+  }
+
+  showJournal(entries) {
+    const rows = entries
+      .slice()
+      .reverse()
+      .map((e) => {
+        const what = e.event === 'command' ? describe(e) : `${e.event} ${e.metric || ''}`.trim();
+        const result =
+          e.event === 'command'
+            ? e.status === 'applied'
+              ? e.repr ?? 'ok'
+              : `${e.status}: ${(e.error && e.error.message) || ''}`
+            : (e.error && `${e.error.type}: ${e.error.message}`) || e.reason || '';
+        return el(
+          'tr',
+          {class: e.status && e.status !== 'applied' ? 'failed' : e.event !== 'command' ? 'event' : ''},
+          el('td', {class: 'num', text: e.step ?? '–'}),
+          el('td', {text: e.time ? new Date(e.time * 1000).toLocaleTimeString([], {hour12: false}) : ''}),
+          el('td', {text: e.sender || 'bridge'}),
+          el('td', {class: 'mono', text: what}),
+          el('td', {class: 'mono clip', text: String(result).slice(0, 300), title: String(result).slice(0, 2000)}),
+        );
+      });
+    this.journalBody.replaceChildren(...rows);
+  }
+
+  async control(kind) {
+    this.controlMsg.className = 'inline-msg';
+    this.controlMsg.textContent = `${kind}…`;
+    try {
+      const resp = await this.send(kind, {});
+      this.controlMsg.textContent = resp.status === 'applied' ? `${DONE[kind]} at step ${resp.step ?? '–'}` : `${kind} ${resp.status}: ${resp.error && resp.error.message}`;
+    } catch (e) {
+      this.controlMsg.className = 'inline-msg error';
+      this.controlMsg.textContent = e.message;
+    }
+    this.refreshSoon();
+  }
+
+  confirmStop(show) {
+    this.stopConfirm.hidden = !show;
+    this.stopButton.hidden = show;
+  }
+
+  async stop() {
+    this.confirmStop(false);
+    await this.control('stop');
+  }
+}
+
+function describe(e) {
+  const a = e.args || {};
+  switch (e.kind) {
+    case 'set_hparam':
+      return `set ${a.name} = ${formatValue(a.value)}`;
+    case 'add_metric':
+      return `add metric ${a.name}: ${String(a.code).split('\n')[0].slice(0, 80)}`;
+    case 'eval':
+      return `eval ${String(a.code).split('\n')[0].slice(0, 80)}`;
+    case 'add_diagnostics':
+      return `add diagnostics (every ${a.every ?? 1})`;
+    default:
+      return a.name ? `${e.kind} ${a.name}` : e.kind;
+  }
+}
+
+// TensorBoard tells its iframed plugins when it reloaded data, over a MessagePort it receives from us.
+function listenForReload(onReload) {
+  if (window.parent === window) return;
+  const channel = new MessageChannel();
+  channel.port1.onmessage = (event) => {
+    let msg;
+    try {
+      msg = JSON.parse(event.data);
+    } catch (_) {
+      return;
+    }
+    if (msg.isReply) return;
+    if (msg.type === 'experimental.DataReloaded') onReload();
+    channel.port1.postMessage(JSON.stringify({type: msg.type, id: msg.id, payload: null, error: null, isReply: true}));
+  };
+  window.parent.postMessage('experimental.bootstrap', window.location.origin, [channel.port2]);
+}
+
+export async function render() {
+  const css = el('link', {rel: 'stylesheet', href: new URL('./style.css', import.meta.url).href});
+  document.head.append(css);
+  const root = el('div', {id: 'bidviz-root'});
+  document.body.append(root);
+  const app = new App(root);
+  window.bidviz = app; // for the curious, from the devtools console
+  listenForReload(() => {
+    app.tick = 0;
+    app.loadTags();
+    app.poll(false);
+  });
+  app.poll();
+}

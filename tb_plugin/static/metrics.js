@@ -1,0 +1,325 @@
+// Metrics: the active metrics with status, sparkline and last error; the add form with a live syntax check;
+// the diagnostics pack; export and import of metric sets (the format of `bidviz metric export`).
+
+import {errorText, postJson} from './api.js';
+import {chartPng, drawSparkline} from './chart.js';
+import {downloadText, downloadUrl, el, formatValue, section} from './dom.js';
+
+const EXPORT_FORMAT = 'bidviz_metrics';
+
+// Tab indents, Shift+Tab dedents, Enter keeps the line's indentation (and adds one level after a colon).
+export function attachCodeEditing(area) {
+  area.addEventListener('keydown', (e) => {
+    const {selectionStart: start, selectionEnd: end, value} = area;
+    if (e.key === 'Tab') {
+      e.preventDefault();
+      const lineStart = value.lastIndexOf('\n', start - 1) + 1;
+      if (e.shiftKey) {
+        const removable = value.slice(lineStart, lineStart + 4).match(/^ */)[0].length;
+        area.setRangeText('', lineStart, lineStart + removable, 'preserve');
+      } else if (start === end) {
+        area.setRangeText('    ', start, end, 'end');
+      } else {
+        const block = value.slice(lineStart, end).replace(/^/gm, '    ');
+        area.setRangeText(block, lineStart, end, 'select');
+      }
+      area.dispatchEvent(new Event('input'));
+    } else if (e.key === 'Enter' && !e.shiftKey && !e.ctrlKey && !e.metaKey && area.dataset.autoindent !== 'off') {
+      const lineStart = value.lastIndexOf('\n', start - 1) + 1;
+      const line = value.slice(lineStart, start);
+      let indent = line.match(/^ */)[0];
+      if (/:\s*$/.test(line)) indent += '    ';
+      e.preventDefault();
+      area.setRangeText(`\n${indent}`, start, end, 'end');
+      area.dispatchEvent(new Event('input'));
+    }
+  });
+}
+
+export class MetricsPanel {
+  constructor(app) {
+    this.app = app;
+    this.rows = new Map();
+    this.list = el('div', {class: 'metric-list', testid: 'metric-list'});
+    this.empty = el('p', {class: 'muted', text: 'No metrics yet: add one below, or switch on the diagnostics pack.'});
+    this.name = el('input', {type: 'text', testid: 'metric-name', placeholder: 'name, e.g. grad_norm'});
+    this.code = el('textarea', {
+      testid: 'metric-code',
+      class: 'code',
+      rows: 5,
+      spellcheck: false,
+      placeholder: 'an expression, e.g. loss.item()\nor a body that returns the value:\nw = model[0].weight\nreturn w.norm().item()',
+    });
+    attachCodeEditing(this.code);
+    this.every = el('input', {type: 'number', testid: 'metric-every', min: '1', value: '1', class: 'every'});
+    this.replace = el('input', {type: 'checkbox', testid: 'metric-replace'});
+    this.syntax = el('div', {class: 'inline-msg error', testid: 'metric-code-error'});
+    this.status = el('div', {class: 'inline-msg', testid: 'metric-add-status'});
+    this.addButton = el('button', {testid: 'metric-add', text: 'Add metric', onclick: () => this.add()});
+    this.diagButton = el('button', {
+      class: 'secondary',
+      testid: 'metric-diagnostics',
+      text: 'Add diagnostics pack',
+      title: 'loss, gradient and weight norms, update ratios, learning rate… as diag/* series',
+      onclick: () => this.diagnostics(),
+    });
+    this.importInput = el('input', {
+      type: 'file',
+      accept: 'application/json,.json',
+      testid: 'metric-import',
+      hidden: true,
+      onchange: () => this.importFile(),
+    });
+    let timer = null;
+    this.code.addEventListener('input', () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => this.checkSyntax(), 250);
+    });
+    this.element = section(
+      'Metrics',
+      'metrics',
+      this.list,
+      this.empty,
+      el(
+        'div',
+        {class: 'add-form'},
+        el('h3', {text: 'Add a metric'}),
+        el(
+          'div',
+          {class: 'form-row'},
+          el('label', {}, 'Name ', this.name),
+          el('label', {}, 'every ', this.every, ' steps'),
+          el('label', {class: 'check'}, this.replace, ' replace'),
+        ),
+        this.code,
+        this.syntax,
+        el(
+          'div',
+          {class: 'form-row'},
+          this.addButton,
+          this.diagButton,
+          el('button', {class: 'secondary', testid: 'metric-export', text: 'Export set', onclick: () => this.exportSet()}),
+          el('button', {
+            class: 'secondary',
+            testid: 'metric-import-button',
+            text: 'Import set…',
+            onclick: () => this.importInput.click(),
+          }),
+          this.importInput,
+        ),
+        this.status,
+      ),
+    );
+    this.state = null;
+  }
+
+  async checkSyntax() {
+    const code = this.code.value;
+    if (!code.trim()) {
+      this.syntax.textContent = '';
+      return true;
+    }
+    try {
+      const result = await postJson('check', {code});
+      if (code !== this.code.value) return true; // typed on meanwhile; the next check decides
+      this.syntax.textContent = result.ok ? '' : `line ${result.line ?? '?'}: ${result.error}`;
+      return result.ok;
+    } catch (e) {
+      this.syntax.textContent = '';
+      return true; // the bridge checks again; do not block on a failed check
+    }
+  }
+
+  say(text, error = false) {
+    this.status.textContent = text;
+    this.status.className = error ? 'inline-msg error' : 'inline-msg';
+  }
+
+  async add() {
+    const name = this.name.value.trim();
+    const code = this.code.value;
+    const every = Number(this.every.value || 1);
+    if (!name) return this.say('give the metric a name', true);
+    if (!code.trim()) return this.say('type the code that computes the metric', true);
+    if (!Number.isInteger(every) || every < 1) return this.say('"every" must be a whole number ≥ 1', true);
+    this.addButton.disabled = true;
+    this.say('sending…');
+    try {
+      const resp = await this.app.send('add_metric', {name, code, every, replace: this.replace.checked});
+      if (resp.status === 'applied') {
+        this.say(`metric ${name} added at step ${resp.step ?? '–'}; its series is bidviz/${name}`);
+        this.name.value = '';
+        this.code.value = '';
+        this.syntax.textContent = '';
+      } else {
+        this.say(errorText(resp.error) || resp.status, true);
+      }
+    } catch (e) {
+      this.say(e.message, true);
+    } finally {
+      this.addButton.disabled = false;
+      this.app.refreshSoon();
+    }
+  }
+
+  async diagnostics() {
+    const every = Math.max(1, Number(this.every.value || 1));
+    this.say('adding the diagnostics pack…');
+    try {
+      const resp = await this.app.send('add_diagnostics', {every});
+      this.say(resp.status === 'applied' ? `diagnostics on: ${resp.repr ?? ''}` : errorText(resp.error), resp.status !== 'applied');
+    } catch (e) {
+      this.say(e.message, true);
+    }
+    this.app.refreshSoon();
+  }
+
+  exportSet() {
+    const metrics = Object.entries((this.state && this.state.metrics) || {}).map(([name, m]) => ({
+      name,
+      code: m.code || '',
+      every: m.every || 1,
+      kind: m.kind || 'auto',
+    }));
+    const text = `${JSON.stringify({[EXPORT_FORMAT]: 1, metrics}, null, 2)}\n`;
+    downloadText(text, `metrics-${this.app.run().replace(/[^\w.-]+/g, '_')}.json`);
+    this.say(`exported ${metrics.length} metric(s)`);
+  }
+
+  async importFile() {
+    const file = this.importInput.files[0];
+    this.importInput.value = '';
+    if (!file) return;
+    let metrics;
+    try {
+      const data = JSON.parse(await file.text());
+      if (!data || data[EXPORT_FORMAT] !== 1 || !Array.isArray(data.metrics)) throw new Error('not a metric set');
+      metrics = data.metrics;
+    } catch (e) {
+      return this.say(`${file.name} is not a metric set as "Export set" or \`bidviz metric export\` writes it (${e.message})`, true);
+    }
+    const failed = [];
+    for (const m of metrics) {
+      const args = {name: m.name, code: m.code, every: m.every || 1, kind: m.kind || 'auto', replace: true};
+      try {
+        const resp = await this.app.send('add_metric', args);
+        if (resp.status !== 'applied') failed.push(`${m.name}: ${errorText(resp.error)}`);
+      } catch (e) {
+        failed.push(`${m.name}: ${e.message}`);
+      }
+    }
+    this.say(
+      failed.length
+        ? `imported ${metrics.length - failed.length} of ${metrics.length}; failed: ${failed.join('; ')}`
+        : `imported ${metrics.length} metric(s) from ${file.name}`,
+      failed.length > 0,
+    );
+    this.app.refreshSoon();
+  }
+
+  row(name) {
+    let row = this.rows.get(name);
+    if (row) return row;
+    const act = (kind, label) =>
+      el('button', {
+        class: 'small secondary',
+        testid: `metric-${label.toLowerCase()}-${name}`,
+        text: label,
+        onclick: async () => {
+          try {
+            const resp = await this.app.send(kind, {name});
+            if (resp.status !== 'applied') this.say(errorText(resp.error), true);
+          } catch (e) {
+            this.say(e.message, true);
+          }
+          this.app.refreshSoon();
+        },
+      });
+    const canvas = el('canvas', {class: 'spark', testid: `metric-spark-${name}`});
+    const cells = {
+      status: el('span', {class: 'badge', testid: `metric-status-${name}`}),
+      every: el('span', {class: 'muted'}),
+      value: el('span', {class: 'value', testid: `metric-value-${name}`}),
+      step: el('span', {class: 'muted'}),
+      code: el('pre', {class: 'code-preview'}),
+      error: el('details', {class: 'error-box', testid: `metric-error-${name}`}),
+    };
+    const pause = act('pause_metric', 'Pause');
+    const resume = act('resume_metric', 'Resume');
+    const remove = act('remove_metric', 'Remove');
+    const png = el('button', {
+      class: 'small secondary',
+      testid: `metric-png-${name}`,
+      text: 'PNG',
+      title: 'download this chart as PNG',
+      onclick: () => downloadUrl(chartPng(`bidviz/${name}`, row.points), `${name.replace(/[^\w.-]+/g, '_')}.png`),
+    });
+    const element = el(
+      'div',
+      {class: 'metric-row', testid: `metric-row-${name}`},
+      el(
+        'div',
+        {class: 'metric-head'},
+        el('span', {class: 'name', text: name}),
+        cells.status,
+        cells.every,
+        canvas,
+        cells.value,
+        cells.step,
+        el('span', {class: 'spacer'}),
+        pause,
+        resume,
+        remove,
+        png,
+      ),
+      cells.code,
+      cells.error,
+    );
+    row = {element, cells, canvas, pause, resume, points: []};
+    this.rows.set(name, row);
+    this.list.append(element);
+    return row;
+  }
+
+  update(state) {
+    this.state = state;
+    const metrics = (state && state.metrics) || {};
+    for (const [name, row] of this.rows) {
+      if (!(name in metrics)) {
+        row.element.remove();
+        this.rows.delete(name);
+      }
+    }
+    for (const [name, m] of Object.entries(metrics)) {
+      const row = this.row(name);
+      const status = m.status || 'running';
+      row.cells.status.textContent = status;
+      row.cells.status.className = `badge ${status}`;
+      row.cells.every.textContent = `every ${m.every || 1}`;
+      row.cells.value.textContent = formatValue(m.last_value);
+      row.cells.step.textContent = m.last_step !== null && m.last_step !== undefined ? `@ ${m.last_step}` : '';
+      if (row.cells.code.textContent !== m.code) row.cells.code.textContent = m.code || '';
+      row.points = m.recent || [];
+      drawSparkline(row.canvas, row.points);
+      row.pause.hidden = status !== 'running';
+      row.resume.hidden = status === 'running';
+      const err = m.last_error;
+      row.cells.error.hidden = !err;
+      if (err) {
+        const summary = `${m.error_count || 1} error(s); last: ${err.type || 'Error'}: ${err.message || ''}`;
+        const text = errorText(err);
+        if (row.errorText !== summary + text) {
+          const open = row.cells.error.open;
+          row.cells.error.replaceChildren(el('summary', {text: summary}), el('pre', {class: 'traceback', text}));
+          row.cells.error.open = open;
+          row.errorText = summary + text;
+        }
+      }
+    }
+    this.empty.hidden = this.rows.size > 0;
+  }
+
+  setEnabled(enabled) {
+    for (const b of this.element.querySelectorAll('button')) b.disabled = !enabled;
+  }
+}

@@ -1,0 +1,63 @@
+"""Fixtures for the plugin tests: real training processes with a Bridge and real TensorBoard subprocesses on
+127.0.0.1, all stopped when the test ends."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from tab_support import TRAIN_SCRIPT, Proc, TensorBoard, clean_env, request, wait_for
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for p in reversed(started):
+        p.stop()
+
+
+@pytest.fixture
+def start_training(procs: list[Proc], tmp_path: Path) -> Callable[..., Proc]:
+    """Start tests/cli/cli_train_script.py on a run directory (a linear model, SGD lr=0.1, `dropout`)."""
+
+    def start(run_dir: Path, *, sleep: float = 0.02, steps: int | None = None) -> Proc:
+        cmd = [sys.executable, str(TRAIN_SCRIPT), str(run_dir), "--sleep", str(sleep)]
+        if steps is not None:
+            cmd += ["--steps", str(steps)]
+        p = Proc(cmd, tmp_path / f"train-{len(procs)}.log", clean_env())
+        procs.append(p)
+        p.wait_output(r"READY")
+        return p
+
+    return start
+
+
+@pytest.fixture
+def start_tensorboard(procs: list[Proc], tmp_path: Path) -> Callable[..., TensorBoard]:
+    """Start the stock `tensorboard` on 127.0.0.1 and a free port; returns once it answers."""
+
+    def start(logdir: Path, *extra: str) -> TensorBoard:
+        cmd = [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(logdir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--reload_interval",
+            "1",
+            *extra,
+        ]
+        p = Proc(cmd, tmp_path / f"tensorboard-{len(procs)}.log", clean_env())
+        procs.append(p)
+        url = p.wait_output(r"TensorBoard \S+ at (http://127\.0\.0\.1:\d+)/").group(1)
+        wait_for(lambda: request(url + "/data/plugins_listing")[0] == 200, "TensorBoard to answer", 60)
+        return TensorBoard(p, url)
+
+    return start
