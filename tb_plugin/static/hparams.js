@@ -97,7 +97,7 @@ export class HParamsPanel {
         this.app.refreshSoon();
       }
     };
-    const cells = {value: el('td', {class: 'num', testid: `hparam-value-${name}`}), bounds: el('td'), changed: el('td')};
+    const cells = {value: el('td', {class: 'num', testid: `hparam-value-${name}`}), bounds: el('td', {class: 'nowrap'}), changed: el('td')};
     const tr = el(
       'tr',
       {testid: `hparam-row-${name}`},

@@ -1,0 +1,195 @@
+"""End to end in a real headless Chromium (Debian's, driven by Playwright): the stock `tensorboard` serves the BIDViz
+tab, and a person sets lr, adds a metric and watches it, runs terminal commands, pauses, resumes and stops training.
+
+Set BIDVIZ_SCREENSHOT=docs/bidviz-tab.png to refresh the README's screenshot from this run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tab_support import wait_for
+
+from bidviz.writers import read_scalars
+
+CHROMIUM = os.environ.get("BIDVIZ_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):
+        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium (as .ci/run does), or set BIDVIZ_CHROMIUM")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.js_errors = errors
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors in the page: {errors}"
+
+
+def tab(page: Any, url: str) -> Any:
+    page.goto(f"{url}/#bidviz")
+    frame = page.frame_locator('iframe[src*="plugin_entry.html?name=bidviz"]')
+    frame.get_by_test_id("run-select").wait_for(timeout=TIMEOUT_MS)
+    return frame
+
+
+def state_of(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / ".bidviz" / "state.json").read_text())  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return {}
+
+
+def test_steer_a_live_run_from_the_tab(tmp_path: Path, start_training: Any, start_tensorboard: Any, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    logdir = tmp_path / "logs"
+    run_dir = logdir / "exp"
+    training = start_training(run_dir)
+    tb = start_tensorboard(logdir)
+    ui = tab(page, tb.url)
+
+    expect(ui.get_by_test_id("run-select")).to_have_value("exp")
+    expect(ui.get_by_test_id("run-status")).to_have_text("live")
+    expect(ui.get_by_test_id("hparam-value-lr")).to_have_text("0.1")
+
+    # Hyperparameters: a valid value is applied by training; an invalid one shows the bridge's rejection inline.
+    ui.get_by_test_id("hparam-input-lr").fill("0.033")
+    ui.get_by_test_id("hparam-apply-lr").click()
+    expect(ui.get_by_test_id("hparam-value-lr")).to_have_text("0.033")
+    wait_for(lambda: state_of(run_dir).get("hparams", {}).get("lr", {}).get("value") == 0.033, "lr in training")
+    ui.get_by_test_id("hparam-input-dropout").fill("1.5")
+    ui.get_by_test_id("hparam-apply-dropout").click()
+    expect(ui.get_by_test_id("hparam-error-dropout")).to_contain_text("0.9")
+
+    # Metrics: a syntax error shows at once with its line; a good metric's value appears and its sparkline fills.
+    ui.get_by_test_id("metric-code").fill("w = model.weight\nif w\n    pass")
+    expect(ui.get_by_test_id("metric-code-error")).to_contain_text("line 2")
+    ui.get_by_test_id("metric-name").fill("bias")
+    ui.get_by_test_id("metric-code").fill("model.bias.item()")
+    expect(ui.get_by_test_id("metric-code-error")).to_have_text("")
+    ui.get_by_test_id("metric-every").fill("2")
+    ui.get_by_test_id("metric-add").click()
+    row = ui.get_by_test_id("metric-row-bias")
+    expect(row).to_be_visible()
+    expect(ui.get_by_test_id("metric-status-bias")).to_have_text("running")
+    expect(ui.get_by_test_id("metric-value-bias")).to_have_text(re.compile(r"^-?\d"))
+    expect(ui.get_by_test_id("metric-spark-bias")).to_have_attribute("data-points", re.compile(r"^([3-9]|\d\d+)$"))
+    shown = float(ui.get_by_test_id("metric-value-bias").inner_text())
+    written = wait_for(lambda: read_scalars(run_dir).get("bidviz/bias"), "bidviz/bias in the event files", 30)
+    assert all(step % 2 == 0 for step, _, _ in written)
+    assert shown == pytest.approx(written[-1][2], rel=0.2, abs=0.5)  # the same series, a moment apart
+
+    # A metric that fails shows its traceback, expandable.
+    ui.get_by_test_id("metric-name").fill("broken")
+    ui.get_by_test_id("metric-code").fill("model.no_such_layer.weight")
+    ui.get_by_test_id("metric-add").click()
+    expect(ui.get_by_test_id("metric-error-broken")).to_contain_text("AttributeError")
+    ui.get_by_test_id("metric-error-broken").locator("summary").click()
+    expect(ui.get_by_test_id("metric-error-broken").locator("pre")).to_contain_text("Traceback")
+
+    # Terminal: a result, a full traceback, and history.
+    terminal = ui.get_by_test_id("terminal-input")
+    terminal.fill("optimizer.param_groups[0]['lr']")
+    ui.get_by_test_id("terminal-run").click()
+    expect(ui.get_by_test_id("terminal-result").last).to_have_text("0.033")
+    terminal.fill("1 / 0")
+    terminal.press("Enter")
+    error = ui.get_by_test_id("terminal-error").last
+    expect(error).to_contain_text("ZeroDivisionError: division by zero")
+    expect(error).to_contain_text("Traceback")
+    terminal.press("ArrowUp")
+    expect(terminal).to_have_value("1 / 0")
+    terminal.press("ArrowUp")
+    expect(terminal).to_have_value("optimizer.param_groups[0]['lr']")
+    terminal.press("ArrowDown")
+    terminal.press("ArrowDown")
+    expect(terminal).to_have_value("")
+
+    # Journal: who changed what, newest first.
+    journal = ui.get_by_test_id("journal")
+    expect(journal.locator("tbody tr").first).to_contain_text("eval 1 / 0")
+    expect(journal).to_contain_text("set lr = 0.033")
+    expect(journal).to_contain_text("tab:127.0.0.1")
+
+    # Pause and resume: training stops stepping, then goes on.
+    ui.get_by_test_id("pause").click()
+    expect(ui.get_by_test_id("run-status")).to_have_text("paused")
+    paused_at = wait_for(lambda: state_of(run_dir).get("paused") and state_of(run_dir)["step"], "paused state")
+    page.wait_for_timeout(600)
+    assert state_of(run_dir)["step"] == paused_at
+    ui.get_by_test_id("resume").click()
+    expect(ui.get_by_test_id("run-status")).to_have_text("live")
+    wait_for(lambda: (state_of(run_dir).get("step") or 0) > paused_at + 5, "steps after resume")
+
+    ui.get_by_test_id("terminal-input").fill("model.weight.shape")
+    ui.get_by_test_id("terminal-run").click()
+    expect(ui.get_by_test_id("terminal-result").last).to_have_text("torch.Size([1, 4])")
+    page.frame(url=re.compile(r"plugin_entry\.html")).evaluate("document.activeElement.blur(); window.scrollTo(0, 0)")
+    page.screenshot(path=str(tmp_path / "bidviz-tab.png"))
+    if os.environ.get("BIDVIZ_SCREENSHOT"):
+        page.screenshot(path=os.environ["BIDVIZ_SCREENSHOT"])
+
+    # Stop, with a confirmation: the training script ends its loop the normal way.
+    ui.get_by_test_id("stop").click()
+    expect(ui.get_by_test_id("stop-confirmation")).to_be_visible()
+    ui.get_by_test_id("stop-confirm").click()
+    assert training.proc.wait(30) == 0
+    assert "DONE" in training.output()
+    expect(ui.get_by_test_id("run-status")).to_have_text(re.compile("ended|stale"))
+
+
+def test_runs_without_a_bridge_are_read_only_with_help(tmp_path: Path, start_tensorboard: Any, page: Any) -> None:
+    from playwright.sync_api import expect
+    from tensorboardX import SummaryWriter
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    logdir = tmp_path / "logs"
+    with SummaryWriter(str(logdir / "plain")) as w:
+        for i in range(4):
+            w.add_scalar("loss", 1.0 / (i + 1), i)
+    tb = start_tensorboard(logdir)
+    ui = tab(page, tb.url)
+    expect(ui.get_by_test_id("run-select")).to_have_value("plain")
+    expect(ui.get_by_test_id("attach-help")).to_be_visible()
+    expect(ui.get_by_test_id("attach-help-text")).to_contain_text("has no BIDViz bridge")
+    expect(ui.get_by_test_id("pause")).to_be_disabled()
+    expect(ui.get_by_test_id("terminal-run")).to_be_disabled()
+    expect(ui.get_by_test_id("download-tag")).to_have_value("loss")
+    href = ui.get_by_test_id("download-csv").get_attribute("href")
+    assert href is not None and "format=csv" in href
+    with page.expect_download() as download:
+        ui.get_by_test_id("download-csv").click()
+    text = Path(download.value.path()).read_text()
+    assert text.splitlines()[0] == "step,wall_time,value" and len(text.splitlines()) == 5
