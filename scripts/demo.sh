@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The demo: installs BIDViz, trains the digits example under runs/, and serves TensorBoard on 127.0.0.1.
+# The demo: installs BIDViz, trains the digits example under runs/, and serves TensorBoard with the BIDViz tab on
+# 127.0.0.1.
 # Ctrl-C stops both. PORT (default 6006) and LOGDIR (default runs) can be set in the environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,7 @@ for _ in $(seq 100); do
   sleep 0.3
 done
 echo
-echo "TensorBoard: http://127.0.0.1:$PORT/   (its log: $TBLOG)"
-echo "Steer the run from another terminal with the bidviz commands above. Ctrl-C stops training and TensorBoard."
+echo "BIDViz tab in TensorBoard: http://127.0.0.1:$PORT/#bidviz   (TensorBoard's log: $TBLOG)"
+echo "Open it to change lr, add metrics, query the model and stop the run; or use the bidviz commands above."
+echo "Ctrl-C stops training and TensorBoard."
 wait "${pids[0]}"
