@@ -197,7 +197,11 @@ class App {
   }
 
   async poll(schedule = true) {
-    if (this.inflight) return;
+    if (this.inflight) {
+      // A refresh is under way: the regular poll still keeps its rhythm.
+      if (schedule) this.timer = setTimeout(() => this.poll(), POLL_MS);
+      return;
+    }
     this.inflight = true;
     try {
       if (this.tick % RUNS_EVERY === 0 || !this.runs.length) await this.loadRuns();

@@ -193,3 +193,90 @@ def test_runs_without_a_bridge_are_read_only_with_help(tmp_path: Path, start_ten
         ui.get_by_test_id("download-csv").click()
     text = Path(download.value.path()).read_text()
     assert text.splitlines()[0] == "step,wall_time,value" and len(text.splitlines()) == 5
+
+
+def test_metric_controls_diagnostics_export_import_png_and_now(
+    tmp_path: Path, start_training: Any, start_tensorboard: Any, page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    logdir = tmp_path / "logs"
+    run_dir = logdir / "exp"
+    start_training(run_dir)
+    tb = start_tensorboard(logdir)
+    ui = tab(page, tb.url)
+    expect(ui.get_by_test_id("run-status")).to_have_text("live")
+
+    ui.get_by_test_id("metric-name").fill("wsum")
+    ui.get_by_test_id("metric-code").press_sequentially("if step >= 0:\nreturn float(model.weight.sum())")
+    assert ui.get_by_test_id("metric-code").input_value() == "if step >= 0:\n    return float(model.weight.sum())"
+    ui.get_by_test_id("metric-add").click()
+    expect(ui.get_by_test_id("metric-status-wsum")).to_have_text("running")
+    expect(ui.get_by_test_id("metric-value-wsum")).to_have_text(re.compile(r"^-?\d"))
+
+    ui.get_by_test_id("metric-pause-wsum").click()
+    expect(ui.get_by_test_id("metric-status-wsum")).to_have_text("paused")
+    ui.get_by_test_id("metric-resume-wsum").click()
+    expect(ui.get_by_test_id("metric-status-wsum")).to_have_text("running")
+
+    with page.expect_download() as png:
+        ui.get_by_test_id("metric-png-wsum").click()
+    assert Path(png.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    with page.expect_download() as exported:
+        ui.get_by_test_id("metric-export").click()
+    metric_set = json.loads(Path(exported.value.path()).read_text())
+    assert metric_set["bidviz_metrics"] == 1
+    assert [(m["name"], m["code"]) for m in metric_set["metrics"]] == [
+        ("wsum", "if step >= 0:\n    return float(model.weight.sum())")
+    ]
+
+    ui.get_by_test_id("metric-remove-wsum").click()
+    expect(ui.get_by_test_id("metric-row-wsum")).to_have_count(0)
+    saved = tmp_path / "set.json"
+    saved.write_text(json.dumps(metric_set))
+    ui.get_by_test_id("metric-import").set_input_files(str(saved))
+    expect(ui.get_by_test_id("metric-add-status")).to_contain_text("imported 1 metric")
+    expect(ui.get_by_test_id("metric-status-wsum")).to_have_text("running")
+
+    ui.get_by_test_id("metric-every").fill("5")
+    ui.get_by_test_id("metric-diagnostics").click()
+    expect(ui.get_by_test_id("metric-add-status")).to_contain_text("diagnostics on")
+    wait_for(lambda: "bidviz/diag/weight_norm" in read_scalars(run_dir), "bidviz/diag/weight_norm", 30)
+
+    # Paused training still answers a terminal command with "now".
+    ui.get_by_test_id("pause").click()
+    expect(ui.get_by_test_id("run-status")).to_have_text("paused")
+    ui.get_by_test_id("terminal-now").check()
+    ui.get_by_test_id("terminal-input").fill("bridge.paused")
+    ui.get_by_test_id("terminal-run").click()
+    expect(ui.get_by_test_id("terminal-result").last).to_have_text("True")
+    ui.get_by_test_id("resume").click()
+    expect(ui.get_by_test_id("run-status")).to_have_text("live")
+
+
+def test_reload_no_runs_and_a_stale_bridge_are_explained(
+    tmp_path: Path, start_training: Any, start_tensorboard: Any, page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    tb = start_tensorboard(logdir)
+    ui = tab(page, tb.url)
+    expect(ui.get_by_test_id("attach-help-text")).to_contain_text("No runs")
+
+    training = start_training(logdir / "exp")
+    expect(ui.get_by_test_id("run-select")).to_have_value("exp")
+    expect(ui.get_by_test_id("run-status")).to_have_text("live")
+
+    # TensorBoard's reload button reaches the tab (the plugin library's DataReloaded message): it asks again.
+    with page.expect_request(lambda r: "/data/plugin/bidviz/tags" in r.url, timeout=TIMEOUT_MS):
+        page.locator("button.reload-button").click()  # TensorBoard's own reload button, in its toolbar
+
+    training.proc.kill()
+    training.proc.wait(10)
+    expect(ui.get_by_test_id("run-status")).to_have_text("stale")
+    expect(ui.get_by_test_id("banner")).to_contain_text("stale")
