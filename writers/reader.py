@@ -1,148 +1,289 @@
-"""Read event files back, whatever wrote them: TFRecord framing checked here, events parsed with tensorboardX's protos.
+"""Read event files back, whatever wrote them: tensorboardX, torch, TensorFlow/JAX (`tf.summary`, flax), or us.
 
-The plain, correct reader (a faster one comes later): it reads whole runs, for tests and `bidviz export`.
+`read_scalars` decodes the protobuf wire format itself (no proto classes, so no tensorboard, tensorboardX or torch
+import). Most scalar events of a run differ only in wall time, step and value, so once an event has been decoded
+in full, the bytes between its step and its value become a key: every later record holding the same bytes is read
+with two unpacks and one dictionary lookup. That is sound because identical bytes before the value mean an
+identical message structure, with the value's fixed-width field at the very end.
+
+`read_events` parses every record into an `Event` proto (tensorboard's when installed, else tensorboardX's).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import struct
-import warnings
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from typing import Any
 
-import numpy as np
-from google.protobuf.message import DecodeError
+from bidviz.writers.records import iter_record_batches, iter_records
 
 __all__ = ["read_events", "read_scalars"]
 
-_HEADER = struct.Struct("<QI")  # record length, masked crc32c of those 8 bytes
-_FOOTER = struct.Struct("<I")  # masked crc32c of the data
-_MASK_DELTA = 0xA282EAD8
-
-# TensorProto dtype enum -> little-endian numpy dtype, and the repeated field a 0-d value may sit in instead.
-_SCALAR_DTYPES = {1: ("<f4", "float_val"), 2: ("<f8", "double_val"), 3: ("<i4", "int_val"), 9: ("<i8", "int64_val")}
-_DT_HALF = 19
-
 PathLike = str | os.PathLike[str]
+Series = dict[str, list[tuple[int, float, float]]]
+
+_D = struct.Struct("<d").unpack_from
+_F = struct.Struct("<f").unpack_from
+_I32 = struct.Struct("<i").unpack_from
+_I64 = struct.Struct("<q").unpack_from
+_HALF = struct.Struct("<e").unpack_from
+_FIXED = {"<f": (4, _F), "<d": (8, _D), "<i": (4, _I32), "<q": (8, _I64)}
+_LAYOUT_MAX = 1024  # records longer than this (images, histograms) never take the fast path
+# TensorProto dtype -> (format of one element in tensor_content, the repeated field a value may sit in instead)
+_DTYPES = {1: ("<f", 5), 2: ("<d", 6), 3: ("<i", 7), 9: ("<q", 10), 19: ("<e", 13)}
 
 
-def read_scalars(path: PathLike) -> dict[str, list[tuple[int, float, float]]]:
-    """Every scalar of a run directory or one event file: tag -> [(step, wall_time, value)] in file order.
+class _Malformed(Exception):
+    pass
 
-    A scalar is a `simple_value`, or a tensor of the 'scalars' plugin (TF2 and torch's new_style), or a 0-d
-    numeric tensor of a tag with no plugin. TF2 writes a tag's metadata only with its first value, so the plugin
-    is remembered per tag across the run's files.
+
+def read_scalars(path: PathLike) -> Series:
+    """Every scalar of a run directory's event files (sorted by name; subdirectories are other runs) or of one
+    file: tag -> [(step, wall_time, value)] in file order.
+
+    A scalar is a `simple_value`, or a one-element numeric tensor (float, double, half, int32, int64) of the
+    'scalars' plugin (TF2's tf.summary.scalar, flax, torch's new_style), or a 0-d numeric tensor of a tag with no
+    plugin. TF2 writes a tag's metadata only with its first value, so the plugin is remembered per tag across the
+    run's files. A record cut short at the end of a file is skipped with a warning; a checksum mismatch raises
+    ValueError naming the file and the byte offset.
     """
-    series: dict[str, list[tuple[int, float, float]]] = {}
+    series: Series = {}
     plugin_of: dict[str, str] = {}
-    for _file, event in read_events(path):
-        if event.WhichOneof("what") != "summary":
-            continue
-        for value in event.summary.value:
-            if value.HasField("metadata") and value.metadata.plugin_data.plugin_name:
-                plugin_of[value.tag] = value.metadata.plugin_data.plugin_name
-            number = _scalar_of(value, plugin_of.get(value.tag))
-            if number is not None:
-                series.setdefault(value.tag, []).append((event.step, event.wall_time, number))
+    # The fast path's keys, by the width of the value that follows them (a key learned from a record with a 4-byte
+    # value must not match a record with 8 bytes after the same bytes).
+    layouts4: dict[bytes, tuple[list[tuple[int, float, float]], Callable[..., tuple[Any, ...]]]] = {}
+    layouts8: dict[bytes, tuple[list[tuple[int, float, float]], Callable[..., tuple[Any, ...]]]] = {}
+    layouts = {4: layouts4, 8: layouts8}
+    for file in _event_files(path):
+        for offset, data in (record for batch in iter_record_batches(file, stacklevel=3) for record in batch):
+            size = len(data)
+            # wall_time (field 1, fixed64) and step (field 2, varint) lead every event that has them; steps
+            # below 2**21 are decoded inline, the rest by _lead.
+            if size > 16 and data[0] == 0x09 and data[9] == 0x10:
+                wall = _D(data, 1)[0]
+                byte = data[10]
+                if byte < 0x80:
+                    step, pos = byte, 11
+                elif data[11] < 0x80:
+                    step, pos = (byte & 0x7F) | data[11] << 7, 12
+                elif data[12] < 0x80:
+                    step, pos = (byte & 0x7F) | (data[11] & 0x7F) << 7 | data[12] << 14, 13
+                else:
+                    wall, step, pos = _lead(data, file, offset)
+            else:
+                wall, step, pos = _lead(data, file, offset)
+            if size <= _LAYOUT_MAX:
+                layout = layouts4.get(data[pos:-4])
+                if layout is not None:
+                    layout[0].append((step, wall, float(layout[1](data, size - 4)[0])))
+                    continue
+                layout = layouts8.get(data[pos:-8])
+                if layout is not None:
+                    layout[0].append((step, wall, float(layout[1](data, size - 8)[0])))
+                    continue
+            try:
+                values = _event_values(data)
+            except _Malformed:
+                raise _not_an_event(file, offset) from None
+            for tag, plugin, scalar in values:
+                if plugin and plugin_of.get(tag) != plugin:
+                    plugin_of[tag] = plugin
+                    layouts4.clear()  # a tag's plugin decides whether its tensors are scalars
+                    layouts8.clear()
+                if scalar is None:
+                    continue
+                value, end, fmt = scalar(plugin_of.get(tag))
+                if value is None:
+                    continue
+                points = series.setdefault(tag, [])
+                points.append((step, wall, value))
+                if len(values) == 1 and end == size and fmt in _FIXED and size <= _LAYOUT_MAX:
+                    width, unpack = _FIXED[fmt]
+                    layouts[width][data[pos : size - width]] = (points, unpack)
     return series
 
 
 def read_events(path: PathLike) -> Iterator[tuple[str, Any]]:
-    """(file, Event) for every record of a run directory's event files (sorted by name) or of one file."""
-    # Imported here: `import tensorboardX` also imports torch when it is installed (about a second).
-    from tensorboardX.proto.event_pb2 import Event
-
+    """(file, Event proto) for every record of a run directory's event files (sorted by name) or of one file."""
+    Event = _event_class()
     for file in _event_files(path):
-        for offset, data in _records(file):
+        for offset, data in iter_records(file, stacklevel=3):
             try:
                 event = Event.FromString(data)
-            except DecodeError as error:  # the checksum was right, so the writer itself wrote something else
+            except Exception as error:  # google.protobuf's DecodeError; the checksum was right, so a writer wrote it
                 raise ValueError(f"{file}: record at byte offset {offset} is not an Event: {error}") from error
             yield file, event
 
 
-def _scalar_of(value: Any, plugin: str | None) -> float | None:
-    kind = value.WhichOneof("value")
-    if kind == "simple_value":
-        return float(value.simple_value)
-    if kind == "tensor" and plugin in (None, "scalars"):
-        return _tensor_scalar(value.tensor, any_shape=plugin == "scalars")
-    return None
+def _event_class() -> Any:
+    # tensorboard's protos import in milliseconds; tensorboardX's package imports torch when it is installed.
+    try:
+        from tensorboard.compat.proto.event_pb2 import Event
+    except ImportError:
+        from tensorboardX.proto.event_pb2 import Event
+    return Event
 
 
 def _event_files(path: PathLike) -> list[str]:
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        return [path]
-    with os.scandir(path) as entries:
+    name = os.fspath(path)
+    if not os.path.isdir(name):
+        return [name]
+    with os.scandir(name) as entries:
         names = sorted(entry.name for entry in entries if "tfevents" in entry.name and entry.is_file())
-    return [os.path.join(path, name) for name in names]
+    return [os.path.join(name, n) for n in names]
 
 
-def _records(file: str) -> Iterator[tuple[int, bytes]]:
-    """(byte offset, data) of each TFRecord; a record cut short at the end (a writer mid-write) ends with a warning."""
-    with open(file, "rb") as stream:
-        offset = 0
-        while header := stream.read(_HEADER.size):
-            data = _record_data(stream, header, file, offset)
-            if data is None:
-                warnings.warn(f"{file}: skipped a truncated record at byte offset {offset}", stacklevel=2)
-                return
-            yield offset, data
-            offset += _HEADER.size + len(data) + _FOOTER.size
-
-
-def _record_data(stream: BinaryIO, header: bytes, file: str, offset: int) -> bytes | None:
-    """The checked data of the record whose header was just read, or None if the file ends inside it."""
-    if len(header) < _HEADER.size:
-        return None
-    length, length_crc = _HEADER.unpack(header)
-    if _masked_crc(header[:8]) != length_crc:
-        raise ValueError(f"{file}: corrupted record at byte offset {offset} (length checksum mismatch)")
-    data = stream.read(length)
-    footer = stream.read(_FOOTER.size)
-    if len(data) < length or len(footer) < _FOOTER.size:
-        return None
-    if _masked_crc(data) != _FOOTER.unpack(footer)[0]:
-        raise ValueError(f"{file}: corrupted record at byte offset {offset} (data checksum mismatch)")
-    return data
-
-
-@functools.cache
-def _crc32c() -> Callable[[bytes], int]:
+def _lead(data: bytes, file: str, offset: int) -> tuple[float, int, int]:
+    """(wall_time, step, position after them) of an event, the general way."""
+    wall, step, pos = 0.0, 0, 0
     try:
-        import google_crc32c
-
-        return google_crc32c.value  # type: ignore[no-any-return]
-    except ImportError:  # google-crc32c is optional; tensorboardX's own (the `crc32c` package or pure Python) is slower
-        import tensorboardX.crc32c
-
-        return tensorboardX.crc32c.crc32c  # type: ignore[no-any-return]
-
-
-def _masked_crc(data: bytes) -> int:
-    crc = _crc32c()(data)
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+        if data[:1] == b"\x09" and len(data) >= 9:
+            wall, pos = _D(data, 1)[0], 9
+        if data[pos : pos + 1] == b"\x10":
+            step, pos = _varint(data, pos + 1)
+            if step >= 1 << 63:
+                step -= 1 << 64
+    except _Malformed:
+        raise _not_an_event(file, offset) from None
+    return wall, step, pos
 
 
-def _tensor_scalar(tensor: Any, *, any_shape: bool) -> float | None:
-    """The value of a one-element numeric tensor (0-d unless `any_shape`), else None."""
-    dims = [dim.size for dim in tensor.tensor_shape.dim]
-    if (dims and not any_shape) or any(size != 1 for size in dims):
-        return None
-    if tensor.dtype == _DT_HALF:
-        numpy_dtype, field = "<f2", "half_val"
-    elif tensor.dtype in _SCALAR_DTYPES:
-        numpy_dtype, field = _SCALAR_DTYPES[tensor.dtype]
-    else:
-        return None
-    if tensor.tensor_content:
-        return float(np.frombuffer(tensor.tensor_content, dtype=numpy_dtype, count=1)[0])
-    values = getattr(tensor, field)
-    if not values:
-        return 0.0  # a TensorProto with no values is all zeros
-    if field == "half_val":  # float16 bit patterns kept in an int32 field
-        return float(np.array(values[0], dtype=np.uint16).view(np.float16))
-    return float(values[0])
+def _not_an_event(file: str, offset: int) -> ValueError:
+    return ValueError(f"{file}: record at byte offset {offset} is not an Event (malformed protobuf)")
+
+
+# -- the protobuf wire format, as much of it as scalars need ----------------------------------------------------------
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise _Malformed
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(data: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """(field, wire type, a, b) of each field in data[pos:end]: a varint's value as a; else the payload's span."""
+    while pos < end:
+        key, pos = _varint(data, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+            yield field, 0, value, pos
+        elif wire == 1:
+            yield field, 1, pos, pos + 8
+            pos += 8
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            yield field, 2, pos, pos + length
+            pos += length
+        elif wire == 5:
+            yield field, 5, pos, pos + 4
+            pos += 4
+        else:  # groups: not in any TensorBoard message
+            raise _Malformed
+        if pos > end:
+            raise _Malformed
+
+
+Scalar = Callable[[str | None], tuple[float | None, int, str]]
+
+
+def _event_values(data: bytes) -> list[tuple[str, str | None, Scalar | None]]:
+    """(tag, plugin named in its metadata, a function of the tag's plugin giving (scalar or None, end of the
+    value's bytes, element format)) for each value of the event's summary; [] for other events."""
+    summary = None
+    for field, wire, a, b in _fields(data, 0, len(data)):
+        if field == 5 and wire == 2:
+            summary = (a, b)
+    if summary is None:
+        return []
+    values = []
+    for field, wire, a, b in _fields(data, *summary):
+        if field == 1 and wire == 2:
+            values.append(_summary_value(data, a, b))
+    return values
+
+
+def _summary_value(data: bytes, start: int, end: int) -> tuple[str, str | None, Scalar | None]:
+    tag: str = ""
+    plugin: str | None = None
+    scalar: Scalar | None = None
+    for field, wire, a, b in _fields(data, start, end):
+        if field == 1 and wire == 2:
+            tag = data[a:b].decode("utf-8", "replace")
+        elif field == 2 and wire == 5:
+            scalar = _constant((float(_F(data, a)[0]), b, "<f"))
+        elif field == 8 and wire == 2:
+            scalar = _tensor_scalar(data, a, b)
+        elif field in (3, 4, 5, 6):  # other kinds of value in the oneof
+            scalar = None
+        elif field == 9 and wire == 2:
+            plugin = _plugin_name(data, a, b) or plugin
+    return tag, plugin, scalar
+
+
+def _constant(result: tuple[float | None, int, str]) -> Scalar:
+    return lambda _plugin: result  # a simple_value is a scalar whatever the tag's plugin
+
+
+def _plugin_name(data: bytes, start: int, end: int) -> str | None:
+    for field, wire, a, b in _fields(data, start, end):
+        if field == 1 and wire == 2:  # plugin_data
+            for inner, inner_wire, c, d in _fields(data, a, b):
+                if inner == 1 and inner_wire == 2:
+                    return data[c:d].decode("utf-8", "replace")
+    return None
+
+
+def _tensor_scalar(data: bytes, start: int, end: int) -> Scalar:
+    dtype, dims, content = 0, [], None
+    repeated: dict[int, list[tuple[int, int, int]]] = {}
+    for field, wire, a, b in _fields(data, start, end):
+        if field == 1 and wire == 0:
+            dtype = a
+        elif field == 2 and wire == 2:
+            for dim, dim_wire, c, d in _fields(data, a, b):
+                if dim == 2 and dim_wire == 2:
+                    size = next((v for f, w, v, _ in _fields(data, c, d) if f == 1 and w == 0), 0)
+                    dims.append(size)
+        elif field == 4 and wire == 2:
+            content = (a, b)
+        else:
+            repeated.setdefault(field, []).append((wire, a, b))
+
+    def scalar(plugin: str | None) -> tuple[float | None, int, str]:
+        if plugin not in (None, "scalars") or dtype not in _DTYPES:
+            return None, 0, ""
+        if (dims and plugin is None) or any(size != 1 for size in dims):
+            return None, 0, ""
+        fmt, field = _DTYPES[dtype]
+        width = struct.calcsize(fmt)
+        if content is not None and content[1] - content[0] >= width:
+            return float(struct.unpack_from(fmt, data, content[0])[0]), content[0] + width, fmt
+        for wire, a, b in repeated.get(field, []):
+            if wire in (1, 5):  # one unpacked float or double
+                return float(struct.unpack_from(fmt, data, a)[0]), b, fmt
+            if wire == 2 and b > a:  # packed
+                if fmt in ("<f", "<d"):
+                    return float(struct.unpack_from(fmt, data, a)[0]), a + width, fmt
+                value, after = _varint(data, a)
+                return _from_varint(value, fmt), after, ""
+            if wire == 0:
+                return _from_varint(a, fmt), b, ""
+        return 0.0, 0, ""  # a TensorProto with no values is all zeros
+
+    return scalar
+
+
+def _from_varint(value: int, fmt: str) -> float:
+    if fmt == "<e":  # half_val holds float16 bit patterns
+        return float(_HALF(struct.pack("<H", value & 0xFFFF))[0])
+    return float(value - (1 << 64) if value >= 1 << 63 else value)

@@ -1,6 +1,7 @@
 """The `export` verb: a run's scalar series from its event files, as CSV or JSON.
 
-The event-file reader (`bidviz.writers`) is imported only when the verb runs, so the CLI starts without it.
+The event-file reader (`bidviz.writers`) is imported only when the verb runs, so the CLI starts without it. It reads
+whatever wrote the run: tensorboardX, torch, TF2 (`tf.summary`, flax, JAX) or our EventWriter.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import csv
 import fnmatch
 import json
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -65,9 +67,13 @@ def _read_series(run: str) -> Mapping[str, Any]:
     except ImportError as e:
         raise CliError(f"cannot read event files: {e}", EXIT_FAILED) from None
     try:
-        series: Mapping[str, Any] = read_scalars(run)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            series: Mapping[str, Any] = read_scalars(run)
     except (OSError, ValueError) as e:
         raise CliError(f"cannot read the event files of {run}: {e}", EXIT_FAILED) from None
+    for warning in caught:  # a record cut short: a live or killed writer; what came before it is exported
+        print(f"warning: {warning.message}", file=sys.stderr)
     return series
 
 

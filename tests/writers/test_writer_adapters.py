@@ -21,9 +21,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard import SummaryWriter as TorchSummaryWriter
 
-from bidviz.writers import Writer, as_writer, read_scalars
+from bidviz.writers import EventWriter, Writer, as_writer, read_scalars
 
-ADAPTERS = ["own", "tensorboardX", "torch"]
+ADAPTERS = ["own", "EventWriter", "tensorboardX", "torch"]
 
 
 @pytest.fixture(params=ADAPTERS)
@@ -33,6 +33,9 @@ def adapter(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Wr
     user: Any = None
     if request.param == "own":
         writer = as_writer(run_dir=run_dir)
+    elif request.param == "EventWriter":
+        user = EventWriter(run_dir, flush_secs=600)
+        writer = as_writer(user)
     elif request.param == "tensorboardX":
         user = tensorboardX.SummaryWriter(str(run_dir))
         writer = as_writer(user)
@@ -237,7 +240,12 @@ def test_flush_from_another_thread_while_writing(adapter: tuple[Writer, Path]) -
 def make_writer(kind: str, run_dir: Path, flush_secs: float) -> tuple[Writer, Any]:
     if kind == "own":
         return as_writer(run_dir=run_dir, flush_secs=flush_secs), None
-    user = tensorboardX.SummaryWriter(str(run_dir)) if kind == "tensorboardX" else TorchSummaryWriter(str(run_dir))
+    if kind == "EventWriter":
+        user: Any = EventWriter(run_dir, flush_secs=600)
+    elif kind == "tensorboardX":
+        user = tensorboardX.SummaryWriter(str(run_dir))
+    else:
+        user = TorchSummaryWriter(str(run_dir))
     return as_writer(user, flush_secs=flush_secs), user  # the users' writers flush every 120 s by default
 
 
@@ -294,7 +302,10 @@ def test_as_writer_passes_a_writer_through_and_refuses_strangers() -> None:
 
     mine = Mine()
     assert as_writer(mine) is mine
-    with pytest.raises(TypeError, match=r"got builtins\.dict; expected None, a tensorboardX\.SummaryWriter"):
+    with pytest.raises(
+        TypeError,
+        match=r"got builtins\.dict; expected None, a bidviz\.writers\.EventWriter, a tensorboardX\.SummaryWriter",
+    ):
         as_writer({})
     with pytest.raises(ValueError, match="needs run_dir"):
         as_writer()
@@ -312,7 +323,46 @@ writer.add_histogram("h", [1.0, 2.0], 0)
 writer.add_hparams_session({{"lr": 0.1}}, ["a"])
 writer.close()
 assert read_scalars({str(tmp_path)!r}) != {{}}
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorboard", "tensorflow", "PIL"))
+heavy = ("tensorboard", "tensorflow", "PIL", "torch", "tensorboardX")
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in heavy)
 assert not loaded, loaded
 """
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_default_writer_is_our_event_writer(tmp_path: Path) -> None:
+    writer = as_writer(run_dir=tmp_path, flush_secs=0.5)
+    try:
+        assert isinstance(writer, EventWriter) and writer.flush_secs == 0.5
+    finally:
+        writer.close()
+
+
+def test_closing_the_adapter_of_a_users_event_writer_only_flushes_it(tmp_path: Path) -> None:
+    user = EventWriter(tmp_path, flush_secs=600)
+    writer = as_writer(user, run_dir=tmp_path)
+    writer.add_scalar("mine", 1.0, 1)
+    writer.close()
+    assert [v for _, _, v in read_scalars(tmp_path)["mine"]] == [1.0]
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.add_scalar("mine", 2.0, 2)
+    user.add_scalar("theirs", 3.0, 3)  # still open
+    user.close()
+    assert [v for _, _, v in read_scalars(tmp_path)["theirs"]] == [3.0]
+    with pytest.raises(ValueError, match="not to the run directory"):
+        as_writer(EventWriter(tmp_path / "a"), run_dir=tmp_path / "b")
+
+
+def test_tf_summary_writer(tmp_path: Path) -> None:
+    tf = pytest.importorskip("tensorflow", reason="TensorFlow is not installed; its adapter needs a real tf writer")
+    tf_writer = tf.summary.create_file_writer(str(tmp_path))
+    writer = as_writer(tf_writer, run_dir=tmp_path, flush_secs=0.2)
+    writer.add_scalar("loss", 0.5, 1)
+    writer.add_text("notes", "hi", 1)
+    writer.add_histogram("h", [1.0, 2.0], 1)
+    writer.add_hparams_session({"lr": 0.1}, ["loss"])
+    writer.close()
+    tf_writer.close()
+    accumulator = accumulate(writer, tmp_path)
+    assert [(e.step, e.value) for e in accumulator.Scalars("loss")] == [(1, 0.5)]
+    assert accumulator.Tags()["histograms"] == ["h"]

@@ -204,14 +204,119 @@ def test_missing_path_raises(tmp_path: Path) -> None:
         read_scalars(tmp_path / "nope")
 
 
-def test_without_google_crc32c_the_tensorboardx_checksum_is_used(tmp_path: Path) -> None:
-    write_tbx_run(tmp_path, [1.0, 2.0])
+def test_without_google_crc32c_a_pure_python_checksum_reads_and_writes_the_same_files(tmp_path: Path) -> None:
+    write_tbx_run(tmp_path / "tbx", [1.0, 2.0])
     code = f"""
 import sys
 sys.modules["google_crc32c"] = None  # makes `import google_crc32c` fail
-from bidviz.writers import read_scalars
-from bidviz.writers.reader import _crc32c
-assert _crc32c().__module__.startswith(("tensorboardX", "crc32c")), _crc32c().__module__
-assert [value for _, _, value in read_scalars({str(tmp_path)!r})["loss"]] == [1.0, 2.0]
+from bidviz.writers import CRC32C_IMPLEMENTATION, EventWriter, read_scalars
+assert CRC32C_IMPLEMENTATION.startswith("pure Python"), CRC32C_IMPLEMENTATION
+assert [value for _, _, value in read_scalars({str(tmp_path / "tbx")!r})["loss"]] == [1.0, 2.0]
+with EventWriter({str(tmp_path / "ours")!r}) as writer:
+    writer.add_scalar("x", 0.5, 3)
 """
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    accumulator = EventAccumulator(str(tmp_path / "ours"))
+    accumulator.Reload()  # TensorBoard checks nothing, so check the checksums with the C implementation too
+    assert [(event.step, event.value) for event in accumulator.Scalars("x")] == [(3, 0.5)]
+    assert read_scalars(tmp_path / "ours")["x"][0][2] == 0.5
+
+
+FAST_PATH_ENCODINGS = {
+    "float_val": lambda v: _proto("DT_FLOAT", float_val=[v]),
+    "double_val": lambda v: _proto("DT_DOUBLE", double_val=[v]),
+    "half_val": lambda v: _proto("DT_HALF", half_val=[int(np.array(v, np.float16).view(np.uint16))]),
+    "int64_val": lambda v: _proto("DT_INT64", int64_val=[int(v * 4)]),
+    "float content": lambda v: _content("DT_FLOAT", v, "<f4"),
+    "double content": lambda v: _content("DT_DOUBLE", v, "<f8"),
+    "int32 content": lambda v: _content("DT_INT32", int(v * 4), "<i4"),
+}
+FAST_PATH_EXPECTED = {
+    "half_val": lambda v: float(np.float16(v)),
+    "int64_val": lambda v: float(int(v * 4)),
+    "int32 content": lambda v: float(int(v * 4)),
+    "float_val": lambda v: float(np.float32(v)),
+    "float content": lambda v: float(np.float32(v)),
+}
+
+
+@pytest.mark.parametrize("encoding", FAST_PATH_ENCODINGS)
+def test_many_tf2_scalars_of_each_encoding(tmp_path: Path, encoding: str) -> None:
+    """Enough values that all but the first go through the reader's fast path; steps cross the varint sizes."""
+    make = FAST_PATH_ENCODINGS[encoding]
+    expected = FAST_PATH_EXPECTED.get(encoding, float)
+    steps = [*range(0, 300, 7), 2**20, 2**40]
+    values = [(-1.0) ** i * i / 3 for i in range(len(steps))]
+    events = [
+        tensor_event("x", make(v), s, "scalars" if i == 0 else None)
+        for i, (s, v) in enumerate(zip(steps, values, strict=True))
+    ]
+    write_events(tmp_path, *events)
+    assert read_scalars(tmp_path) == {"x": [(s, 1000.0 + s, expected(v)) for s, v in zip(steps, values, strict=True)]}
+
+
+def test_a_plugin_named_later_still_decides_what_is_a_scalar(tmp_path: Path) -> None:
+    """Values the fast path has learned to read as scalars stop being read once the tag's plugin changes."""
+    scalar = [tensor_event("x", _proto("DT_FLOAT", float_val=[float(s)]), s) for s in range(50)]
+    custom = [tensor_event("x", _proto("DT_FLOAT", float_val=[50.0]), 50, "custom")]
+    more = [tensor_event("x", _proto("DT_FLOAT", float_val=[float(s)]), s) for s in range(51, 60)]
+    back = [tensor_event("x", _proto("DT_FLOAT", float_val=[60.0]), 60, "scalars")]
+    write_events(tmp_path, *scalar, *custom, *more, *back)
+    assert [step for step, _, _ in read_scalars(tmp_path)["x"]] == [*range(50), 60]
+
+
+def test_tf2_scalar_pb_of_every_dtype_the_summary_api_accepts(tmp_path: Path) -> None:
+    events = []
+    for step in range(20):
+        for dtype in ("float32", "float64", "float16", "int32", "int64"):
+            summary = scalar_pb(f"v/{dtype}", np.array(step / 4, dtype=dtype) if "float" in dtype else step)
+            events.append(event_pb2.Event(step=step, wall_time=3000.0 + step, summary=summary))
+    write_events(tmp_path, *events)
+    series = read_scalars(tmp_path)
+    assert sorted(series) == [f"v/{d}" for d in ("float16", "float32", "float64", "int32", "int64")]
+    for tag, points in series.items():
+        expected = [float(s) if tag.endswith("int32") or tag.endswith("int64") else s / 4 for s in range(20)]
+        assert [(step, value) for step, _, value in points] == list(zip(range(20), expected, strict=True)), tag
+
+
+def test_our_writer_read_back_matches_event_accumulator(tmp_path: Path) -> None:
+    from bidviz.writers import EventWriter
+
+    with EventWriter(tmp_path) as writer:
+        for step in range(3000):
+            writer.add_scalar("a", np.sin(step), step)
+            writer.add_scalar("b" * 200, float(step) if step % 100 else float("nan"), step * 1000)
+            if step % 500 == 0:
+                writer.add_text("noise", "text", step)
+                writer.add_scalars("pair", {"x": step, "y": -step}, step)
+    accumulator = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    series = read_scalars(tmp_path)
+    assert sorted(series) == sorted(accumulator.Tags()["scalars"])
+    for tag, points in series.items():
+        expected = [(event.step, event.wall_time, event.value) for event in accumulator.Scalars(tag)]
+        np.testing.assert_array_equal(np.array(points), np.array(expected))
+
+
+def test_real_tf_summary_files(tmp_path: Path) -> None:
+    tf = pytest.importorskip("tensorflow", reason="TensorFlow is not installed; TF2's format is tested above")
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    with writer.as_default():
+        for step in range(5):
+            tf.summary.scalar("loss", 0.5 * step, step=step)
+            tf.summary.scalar("count", tf.constant(step, dtype=tf.int64), step=step)
+    writer.close()
+    series = read_scalars(tmp_path)
+    assert [(step, value) for step, _, value in series["loss"]] == [(s, 0.5 * s) for s in range(5)]
+    assert [(step, value) for step, _, value in series["count"]] == [(s, float(s)) for s in range(5)]
+
+
+def test_read_events_gives_every_kind(tmp_path: Path) -> None:
+    from bidviz.writers import EventWriter
+
+    with EventWriter(tmp_path) as writer:
+        writer.add_histogram("h", [1.0, 2.0], 1)
+        writer.add_image("i", np.zeros((2, 2)), 2, dataformats="HW")
+        writer.add_text("t", "x", 3)
+    kinds = [(e.step, e.summary.value[0].WhichOneof("value")) for _, e in read_events(tmp_path) if e.summary.value]
+    assert kinds == [(1, "histo"), (2, "image"), (3, "tensor")]

@@ -1,0 +1,254 @@
+"""`EventWriter`: standard TensorBoard event files, written fast.
+
+A write encodes its event's bytes (`summaries`), frames them as a TFRecord and appends the record to an in-memory
+list: no protobuf objects, no queue, no thread hand-off. A daemon thread writes the list to the file at most
+`flush_secs` after the first record in it; `flush()`, `close()`, garbage collection and normal interpreter exit
+(`weakref.finalize`, which keeps no reference to the writer) write it too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import struct
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+from bidviz.writers import records, summaries
+
+__all__ = ["EventWriter"]
+
+_file_ids = itertools.count()
+_WALL = struct.Struct("<Bd")  # the wall_time key (field 1, fixed64) and the double
+_FOOTER = struct.Struct("<I").pack
+_FLOAT = struct.Struct("<f").pack
+_M32 = 0xFFFFFFFF
+_MASK_DELTA = 0xA282EAD8
+# Past these a write wakes the flusher rather than leave the backlog for up to flush_secs. Scalars count records
+# (cheaper than bytes on the fast path; a scalar record is about 40 bytes), the other kinds bytes.
+_MAX_PENDING_RECORDS = 1 << 15
+_MAX_PENDING_BYTES = 1 << 22
+
+
+class _Sink:
+    """The file, the pending records and the flusher thread: everything but the writer itself, so that the
+    thread and the finalizer can hold it while the writer stays collectable.
+
+    No lock on the write path: writers only append to `pending` and the one flush at a time (`io_lock`) takes
+    records from its front, each a single list operation, atomic in CPython (with or without the GIL). A write
+    racing with close() may then be dropped instead of raising; it could not have been written either way.
+    """
+
+    def __init__(self, path: str, flush_secs: float) -> None:
+        self.path = path
+        self.flush_secs = flush_secs
+        self.io_lock = threading.Lock()  # one flush at a time, so records reach the file in order
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0  # of the non-scalar records: only a hint for when to wake the flusher early
+        self.closed = False
+        self.wake = threading.Event()
+        self.file = open(path, "xb")  # noqa: SIM115 -- owned by the sink, closed in close()
+        if flush_secs > 0:
+            name = f"bidviz-flush {os.path.basename(path)}"
+            threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def _run(self) -> None:
+        while not self.closed:
+            self.wake.wait(self.flush_secs)
+            self.wake.clear()
+            try:
+                self.flush()
+            except OSError:  # the disk is full: the next flush() or close() raises it to the user
+                pass
+
+    def flush(self) -> None:
+        with self.io_lock:
+            self._drain()
+
+    def close(self) -> None:
+        with self.io_lock:
+            if self.closed:
+                return
+            self.closed = True
+            try:
+                self._drain()
+            finally:
+                self.file.close()
+        self.wake.set()
+
+    def _drain(self) -> None:  # with io_lock held
+        pending = self.pending
+        count = len(pending)
+        if not count or self.file.closed:
+            return
+        data = b"".join(pending[:count])
+        del pending[:count]
+        self.pending_bytes = 0
+        self.file.write(data)
+        self.file.flush()
+
+
+class EventWriter:
+    """Writes one TensorBoard event file in `run_dir` (created if missing), named as TensorBoard names its own.
+
+    Every method may be called from any thread. Values are on disk within `flush_secs` (0: at once, at every
+    call), after `flush()` or `close()`, and at normal interpreter exit even without `close()`.
+    Tags are kept exactly as given (no renaming, no sub-runs).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], flush_secs: float = 1.0, filename_suffix: str = "") -> None:
+        self.run_dir = os.fspath(run_dir)
+        os.makedirs(self.run_dir, exist_ok=True)
+        name = "events.out.tfevents.%010d.%s.%d.%d%s" % (  # noqa: UP031 -- TensorBoard's own pattern
+            time.time(),
+            socket.gethostname(),
+            os.getpid(),
+            next(_file_ids),
+            filename_suffix,
+        )
+        self.path = os.path.join(self.run_dir, name)
+        self.flush_secs = float(flush_secs)
+        sink = self._sink = _Sink(self.path, self.flush_secs)
+        self._pending = sink.pending
+        self._sync = self.flush_secs <= 0
+        self._heads: dict[str, bytes] = {}
+        self._finalizer = weakref.finalize(self, sink.close)
+        self._append(records.frame(summaries.file_version_event()))
+        sink.flush()  # the file is complete from the start, so TensorBoard lists the run at once
+
+    # -- the fast path ----------------------------------------------------------------------------------------------
+
+    def add_scalar(self, tag: str, value: float, step: int | None = 0, walltime: float | None = None) -> None:
+        """One scalar (a `simple_value`, as tensorboardX and torch write it). NaN and infinities are kept."""
+        # The event's bytes are built by hand (see summaries.scalar_head); test_event_writer checks them against
+        # protobuf's serialization byte for byte.
+        head = self._heads.get(tag)
+        if head is None:
+            head = self._heads[tag] = summaries.scalar_head(tag)
+        if step.__class__ is not int:
+            step = 0 if step is None else int(step)  # type: ignore[call-overload]
+        if walltime is None:
+            data = _WALL.pack(9, time.time())
+        elif walltime:
+            data = _WALL.pack(9, float(walltime))
+        else:
+            data = b""  # a zero wall_time is a proto3 default: not written
+        if step:  # field 2, a varint: inline up to 3 bytes (steps below 2M), the general encoder beyond
+            if 0 < step < 0x80:
+                data += bytes((0x10, step))
+            elif 0 < step < 0x4000:
+                data += bytes((0x10, step & 0x7F | 0x80, step >> 7))
+            elif 0 < step < 0x200000:
+                data += bytes((0x10, step & 0x7F | 0x80, step >> 7 & 0x7F | 0x80, step >> 14))
+            else:
+                data += b"\x10" + summaries.varint(step)
+        try:
+            data += head + _FLOAT(float(value))
+        except OverflowError:
+            data += head + summaries.pack_float(float(value))
+        crc = records.crc32c(data)
+        record = records.header(len(data)) + data + _FOOTER(((((crc >> 15) | (crc << 17)) & _M32) + _MASK_DELTA) & _M32)
+        sink = self._sink
+        if sink.closed:
+            raise RuntimeError(f"the EventWriter for {self.run_dir!r} is closed")
+        pending = self._pending
+        pending.append(record)
+        if self._sync:
+            sink.flush()
+        elif len(pending) > _MAX_PENDING_RECORDS:
+            sink.wake.set()
+
+    # -- everything else --------------------------------------------------------------------------------------------
+
+    def add_scalars(
+        self, main_tag: str, values: Mapping[str, float], step: int | None = 0, walltime: float | None = None
+    ) -> None:
+        """Several scalars in one event, tagged `main_tag/key`, all in this run (tensorboardX and torch would make
+        one sub-run, with a file writer of its own, per key)."""
+        prefix = f"{main_tag}/" if main_tag else ""
+        self._add(
+            b"".join(summaries.scalar_value(prefix + key, value) for key, value in values.items()), step, walltime
+        )
+
+    def add_histogram(self, tag: str, values: Any, step: int | None = 0, walltime: float | None = None) -> None:
+        """A histogram of a numpy array, torch tensor or sequence, with TensorFlow's default buckets."""
+        self._add(summaries.histogram_value(tag, values), step, walltime)
+
+    def add_text(self, tag: str, text: str, step: int | None = 0, walltime: float | None = None) -> None:
+        """Text (markdown) for the text plugin, under `tag` itself."""
+        self._add(summaries.text_value(tag, text), step, walltime)
+
+    def add_image(
+        self,
+        tag: str,
+        array: Any,
+        step: int | None = 0,
+        dataformats: str = "CHW",
+        walltime: float | None = None,
+    ) -> None:
+        """A PNG image from an H×W, H×W×C or C×H×W array (C = 1, 3 or 4): uint8 as is, floats in [0, 1] scaled to
+        0-255, other floats min-max scaled."""
+        self._add(summaries.image_value(tag, array, dataformats), step, walltime)
+
+    def add_hparams(
+        self,
+        hparams: Mapping[str, summaries.HParamValue],
+        metrics: Iterable[str] | Mapping[str, float] = (),
+        step: int | None = 0,
+    ) -> None:
+        """This run's hyperparameters as an HParams session (experiment and session start info), in this run.
+
+        `metrics` names the dashboard's metric columns; given as a mapping, its values are also written as scalars
+        at `step`. Changing values are best logged as scalars (`hparams/<name>`) in the same run.
+        """
+        metric_tags = list(metrics)
+        self._add(b"".join(summaries.hparams_values(hparams, metric_tags)), 0, None)
+        if isinstance(metrics, Mapping):
+            for tag, value in metrics.items():
+                self.add_scalar(tag, value, step)
+
+    def add_hparams_session(self, hparams: Mapping[str, summaries.HParamValue], metric_tags: Iterable[str]) -> None:
+        """The `bidviz.writers.Writer` name for `add_hparams`."""
+        self.add_hparams(hparams, metric_tags)
+
+    def flush(self) -> None:
+        """Write everything added so far to the file (the operating system's cache; no fsync)."""
+        self._sink.flush()
+
+    def close(self) -> None:
+        """Flush and close the file; later writes raise RuntimeError. Closing again does nothing."""
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return self._sink.closed
+
+    def __enter__(self) -> EventWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EventWriter({self.path!r}, flush_secs={self.flush_secs}{', closed' if self.closed else ''})"
+
+    def _add(self, values: bytes, step: int | None, walltime: float | None) -> None:
+        self._append(records.frame(summaries.event(values, 0 if step is None else int(step), walltime)))
+
+    def _append(self, record: bytes) -> None:
+        sink = self._sink
+        if sink.closed:
+            raise RuntimeError(f"the EventWriter for {self.run_dir!r} is closed")
+        self._pending.append(record)
+        sink.pending_bytes += len(record)
+        if self._sync:
+            sink.flush()
+        elif sink.pending_bytes > _MAX_PENDING_BYTES or len(self._pending) > _MAX_PENDING_RECORDS:
+            sink.wake.set()
