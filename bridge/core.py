@@ -93,6 +93,9 @@ class Bridge:
         self._timer = HookTimer(hook_budget)
         self._now_timer = HookTimer(hook_budget)
         self.hparams: Mapping[str, Any] = HParamView(self._hparams)
+        # Called in the training thread right before commands are applied or metrics run at a step: framework
+        # adapters use it to copy device-resident state back into framework objects (Keras on JAX).
+        self.prepare: Callable[[], Any] | None = None
 
         self.writer = as_writer(writer, run_dir=str(self.run_dir), flush_secs=flush_secs)
         self.writer.flush()  # the event file exists from the start, so TensorBoard lists the run
@@ -138,16 +141,47 @@ class Bridge:
         self._write_session()
         return hp.current()
 
-    def bind_optimizer(self, optimizer: Any, scheduler: Any = None) -> list[str]:
-        """Register every numeric param-group value of a torch optimizer (`lr`, `momentum`, `betas`, ...)."""
+    def bind_optimizer(self, optimizer: Any, scheduler: Any = None, *, prefix: str = "") -> list[str]:
+        """Register every numeric param-group value of a torch optimizer (`lr`, `momentum`, `betas`, ...).
+
+        `prefix` names the values of a second optimizer apart (`prefix="opt1/"` gives `opt1/lr`); only an unprefixed
+        optimizer becomes `optimizer` (and its scheduler `scheduler`) in metric code.
+        """
+        if prefix:
+            protocol.check_name(prefix + "lr", "hyperparameter name")
         names = []
         for hp in optimizer_hparams(optimizer, scheduler):
+            hp.name = prefix + hp.name
             self._register(hp)
             names.append(hp.name)
         self._write_session()
-        self.namespace["optimizer"] = optimizer
-        self.namespace["scheduler"] = scheduler
+        if not prefix:
+            self.namespace["optimizer"] = optimizer
+            self.namespace["scheduler"] = scheduler
         return names
+
+    def bind_hparam(
+        self,
+        name: str,
+        get: Callable[[], Any],
+        set: Callable[[Any], Any],
+        *,
+        type: str | None = None,
+        min: float | None = None,
+        max: float | None = None,
+        choices: list[Any] | tuple[Any, ...] | None = None,
+    ) -> Any:
+        """Register a value that lives elsewhere (a framework's optimizer, a device array): `get()` reads it, `set(v)`
+        writes it in the training thread. `set` may raise ProtocolError to refuse a value. Returns the current value."""
+        protocol.check_name(name, "hyperparameter name")
+        from .hparams import _type_name
+
+        value = get()
+        hp = HParam(name, value, type or _type_name(value), min, max, tuple(choices) if choices else None)
+        hp.apply, hp.read = set, get
+        self._register(hp)
+        self._write_session()
+        return hp.current()
 
     def add_metric(self, name: str, code: str, every: int = 1, kind: str = "auto", replace: bool = False) -> None:
         """Add a metric from code, as the `add_metric` command does (raises ProtocolError on bad code)."""
@@ -217,11 +251,14 @@ class Bridge:
             self._last_inbox_check = now
             self._check_inbox()
         if self._queue:
+            self._prepare()
             self._apply_queue()
         while self.paused and not self.should_stop:
             self._wakeup.wait(0.1)
             self._wakeup.clear()
             self._check_inbox()
+            if self._queue:
+                self._prepare()
             self._apply_queue()
         if self._active:
             self._run_metrics(step)
@@ -276,11 +313,19 @@ class Bridge:
             finally:
                 self._scan_lock.release()
 
+    def _prepare(self) -> None:
+        if self.prepare is not None:
+            self.prepare()
+
     def _run_metrics(self, step: int) -> None:
         call = self._timer.call
+        prepared = self.prepare is None
         for m in self._active:
             if step % m.every:
                 continue
+            if not prepared:
+                prepared = True
+                self.prepare()  # type: ignore[misc]
             try:
                 value = call(m.fn, m.state)
                 if value is None:

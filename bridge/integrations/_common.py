@@ -1,0 +1,52 @@
+"""What the framework callbacks share: registering the user's own hyperparameters, finding a writer's directory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from bidviz.bridge.core import Bridge
+
+HParamSpecs = Mapping[str, Any]
+
+
+def register_hparams(bridge: Bridge, specs: HParamSpecs | None, after_change: Callable[[], Any] | None = None) -> None:
+    """`{"dropout": 0.1}` registers a value; `{"dropout": {"value": 0.1, "min": 0, "on_change": f}}` passes the
+    rest of the dict on to `Bridge.hparam` (type, min, max, choices, on_change). `after_change()` runs after each
+    change (Keras on JAX rebuilds its compiled step there)."""
+    for name, spec in (specs or {}).items():
+        if isinstance(spec, Mapping):
+            if "value" not in spec:
+                raise ValueError(f"hparams[{name!r}] needs a 'value' key; got keys {sorted(spec)}")
+            kwargs = dict(spec)
+            value = kwargs.pop("value")
+        else:
+            value, kwargs = spec, {}
+        if after_change is not None:
+            kwargs["on_change"] = _then(kwargs.get("on_change"), after_change)
+        bridge.hparam(name, value, **kwargs)
+
+
+def _then(first: Callable[[Any], Any] | None, then: Callable[[], Any]) -> Callable[[Any], None]:
+    def on_change(value: Any) -> None:
+        if first is not None:
+            first(value)
+        then()
+
+    return on_change
+
+
+def writer_dir(writer: Any) -> str | None:
+    """The directory a torch or tensorboardX SummaryWriter logs to."""
+    logdir = getattr(writer, "log_dir", None) or getattr(writer, "logdir", None)
+    return os.fspath(logdir) if logdir is not None else None
+
+
+def unit_bounds(key: str) -> tuple[float | None, float | None]:
+    """Default bounds of an optimizer value by its name (as the torch binding uses)."""
+    if key in ("momentum", "rho", "dampening", "alpha", "ema_momentum"):
+        return 0.0, 1.0
+    if key in ("beta_1", "beta_2", "b1", "b2", "beta1", "beta2"):
+        return 0.0, 0.999999
+    return 0.0, None

@@ -1,0 +1,139 @@
+"""Hugging Face `transformers.Trainer`: `Trainer(..., callbacks=[BIDVizCallback()])`.
+
+When training begins (the optimizer and LR scheduler exist by then) the bridge binds the optimizer's values (`lr`,
+`betas`, `weight_decay`, `eps`...) and the scheduler, so a set `lr` survives the scheduler's next step (it is
+rescaled, as in the core). With `report_to="tensorboard"` it writes through the Trainer's own TensorBoard writer,
+so its series land in the same run as `train/loss`. It steps at every `on_step_end` with `state.global_step`; a
+`stop` sets `control.should_training_stop`, so the Trainer ends its loop its own way (`on_train_end`, the returned
+`TrainOutput`). Only the main process (`state.is_world_process_zero`) runs a bridge.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import CallbackHandler
+
+from bidviz.bridge.core import Bridge
+
+from ._common import HParamSpecs, register_hparams, writer_dir
+
+__all__ = ["BIDVizCallback"]
+
+
+class BIDVizCallback(TrainerCallback):  # type: ignore[misc]
+    """Attach a BIDViz bridge to a `transformers.Trainer`.
+
+    Args:
+        logdir: the run directory; by default the directory of the Trainer's TensorBoard writer (written through
+            it), or `<output_dir>/bidviz` when it does not report to TensorBoard.
+        namespace: extra names for metric code and `eval`.
+        hparams: your own tunable values, `{"dropout": 0.1}` or `{"dropout": {"value": 0.1, "on_change": f}}`.
+        **bridge_kwargs: passed to `Bridge` (`secret`, `resume`, `poll_interval`, `hook_budget`, `flush_secs`).
+
+    Metric code and `eval` see `model`, `trainer_state` (the `TrainerState`; `state` too in `eval`, but in metric
+    code `state` is the metric's own dict), `logs` (the latest logged dict), `args`, `control`, `optimizer`,
+    `scheduler`, `train_dataloader` and your namespace.
+    """
+
+    def __init__(
+        self,
+        logdir: str | os.PathLike[str] | None = None,
+        *,
+        namespace: Mapping[str, Any] | None = None,
+        hparams: HParamSpecs | None = None,
+        **bridge_kwargs: Any,
+    ) -> None:
+        self.logdir = logdir
+        self.namespace = dict(namespace or {})
+        self.hparam_specs = hparams
+        self.bridge_kwargs = bridge_kwargs
+        self.bridge: Bridge | None = None
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Start the bridge; bind the optimizer and its LR scheduler."""
+        if not state.is_world_process_zero or self.bridge is not None:
+            return
+        run_dir, writer = self._where(args, _siblings(sys._getframe(1)))
+        ns = {
+            "model": kwargs.get("model"),
+            "state": state,  # in `eval`; metric code has its own `state` dict, so it reads `trainer_state`
+            "trainer_state": state,
+            "args": args,
+            "control": control,
+            "logs": {},
+            "train_dataloader": kwargs.get("train_dataloader"),
+            **self.namespace,
+        }
+        self.bridge = bridge = Bridge(run_dir, writer=writer, namespace=ns, **self.bridge_kwargs)
+        optimizer = kwargs.get("optimizer")
+        if optimizer is not None:
+            bridge.bind_optimizer(optimizer, _unwrap_scheduler(kwargs.get("lr_scheduler")))
+        register_hparams(bridge, self.hparam_specs)
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Keep the latest logs for metric code."""
+        if self.bridge is not None and logs is not None:
+            self.bridge.namespace["logs"] = logs
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        """A step boundary (after the optimizer and scheduler steps): apply commands, run metrics; a `stop` sets
+        `control.should_training_stop`."""
+        bridge = self.bridge
+        if bridge is None:
+            return
+        bridge.step(state.global_step, control=control)
+        if bridge.should_stop:
+            control.should_training_stop = True
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Close the bridge (the TensorBoard callback, called before us, has flushed and closed the writer)."""
+        if self.bridge is not None:
+            self.bridge.close()
+            self.bridge = None
+
+    def _where(self, args: TrainingArguments, siblings: list[Any]) -> tuple[str, Any]:
+        from transformers.integrations import TensorBoardCallback
+
+        tb = next((cb for cb in siblings if isinstance(cb, TensorBoardCallback)), None)
+        writer = getattr(tb, "tb_writer", None)
+        tb_dir = writer_dir(writer) if writer is not None else None
+        if tb_dir is not None and (self.logdir is None or os.path.realpath(self.logdir) == os.path.realpath(tb_dir)):
+            return tb_dir, writer
+        if self.logdir is not None:
+            return os.fspath(self.logdir), None
+        return os.path.join(args.output_dir, "bidviz"), None
+
+
+def _siblings(frame: Any) -> list[Any]:
+    """The Trainer's callbacks. A callback is not told about the others, but it is called from the
+    `CallbackHandler.call_event` that holds them all, so look for it among the callers."""
+    for _ in range(4):
+        if frame is None:
+            break
+        handler = frame.f_locals.get("self")
+        if isinstance(handler, CallbackHandler):
+            return list(handler.callbacks)
+        frame = frame.f_back
+    return []
+
+
+def _unwrap_scheduler(scheduler: Any) -> Any:
+    """Accelerate's `AcceleratedScheduler` keeps the torch scheduler in `.scheduler`."""
+    inner = getattr(scheduler, "scheduler", None)
+    return inner if inner is not None and hasattr(inner, "get_last_lr") else scheduler

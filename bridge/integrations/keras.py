@@ -1,0 +1,212 @@
+"""Keras 3 (any backend): `model.fit(..., callbacks=[BIDVizCallback("runs/exp1")])`.
+
+Bound from `model.optimizer` when fitting starts: `lr` and the optimizer's other float settings (`momentum`,
+`beta_1`, `beta_2`, `epsilon`, `weight_decay`, ... as Keras names them). Steps at every `on_train_batch_end`; a
+`stop` sets `model.stop_training`, so Keras ends the fit its own way (`on_epoch_end`, `on_train_end`, the History).
+
+A learning-rate *schedule* (`keras.optimizers.schedules.*`) is not ignored: the schedule is wrapped in
+`ScaledSchedule`, which multiplies it by a factor (1.0 at first). `lr` reads the schedule's current value; setting
+`lr` picks the factor that makes the current value what you set, so the schedule goes on from there (as a torch LR
+scheduler does under BIDViz). The wrapper is removed after the fit if the factor is still 1.0; otherwise it stays,
+so the tuned rate stays in effect (it serializes as `bidviz>ScaledSchedule`).
+
+On the JAX backend the training state lives outside the model during an epoch: the bridge copies it back
+(`model.jax_state_sync()`) before it applies a command or runs a metric, so changes and metric code see live
+values. Settings that are Python numbers inside the compiled step (`momentum`, `beta_1`, a schedule's factor...)
+take effect by rebuilding the train function: one recompilation per change; `lr` as a variable needs none.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import keras
+from keras.optimizers.schedules import LearningRateSchedule
+
+from bidviz.bridge.core import Bridge
+from bidviz.protocol import ProtocolError
+
+from ._common import HParamSpecs, register_hparams, unit_bounds
+
+__all__ = ["BIDVizCallback", "ScaledSchedule"]
+
+# Optimizer config entries that are floats but not worth tuning live (or not read at every step).
+_SKIP = {"learning_rate", "ema_momentum", "ema_overwrite_frequency", "loss_scale_factor"}
+
+
+@keras.saving.register_keras_serializable(package="bidviz")
+class ScaledSchedule(LearningRateSchedule):  # type: ignore[misc]
+    """`schedule(step) * scale`: how BIDViz makes `lr` settable when the optimizer was given a schedule."""
+
+    def __init__(self, schedule: Any, scale: float = 1.0) -> None:
+        self.schedule = schedule
+        self.scale = float(scale)
+
+    def __call__(self, step: Any) -> Any:
+        value = self.schedule(step)
+        return value if self.scale == 1.0 else value * self.scale
+
+    def get_config(self) -> dict[str, Any]:
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule), "scale": self.scale}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ScaledSchedule:
+        return cls(keras.saving.deserialize_keras_object(config["schedule"]), config["scale"])
+
+
+class BIDVizCallback(keras.callbacks.Callback):  # type: ignore[misc]
+    """Attach a BIDViz bridge to `model.fit`.
+
+    Args:
+        logdir: the run directory. Keras' own TensorBoard callback writes training series to `<its log_dir>/train`:
+            pass that directory to land in the same run.
+        writer: a writer to write through (see `Bridge(writer=)`); by default the bridge makes its own.
+        namespace: extra names for metric code and `eval`.
+        hparams: your own tunable values, `{"dropout": 0.1}` or `{"dropout": {"value": 0.1, "on_change": f}}`
+            (on JAX, each change also rebuilds the compiled train step, so a layer setting changed by `f` counts).
+        **bridge_kwargs: passed to `Bridge` (`secret`, `resume`, `poll_interval`, `hook_budget`, `flush_secs`).
+
+    Metric code sees `model`, `optimizer`, `logs` (this batch's), `loss`, `batch` (its index in the epoch), `epoch`,
+    `keras` and `ops` (`keras.ops`). Steps count optimizer iterations from where the fit started.
+    """
+
+    def __init__(
+        self,
+        logdir: str | os.PathLike[str],
+        *,
+        writer: Any = None,
+        namespace: Mapping[str, Any] | None = None,
+        hparams: HParamSpecs | None = None,
+        **bridge_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.logdir = logdir
+        self.writer = writer
+        self.namespace = dict(namespace or {})
+        self.hparam_specs = hparams
+        self.bridge_kwargs = bridge_kwargs
+        self.bridge: Bridge | None = None
+        self._step = 0
+        self._epoch = 0
+        self._jax = keras.backend.backend() == "jax"
+
+    # -- Keras hooks ----------------------------------------------------------------------------------
+
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        """Start the bridge and bind the optimizer."""
+        model = self.model  # syncs the JAX state, once
+        optimizer = model.optimizer
+        self._step = int(keras.ops.convert_to_numpy(optimizer.iterations))
+        ns = {"model": model, "optimizer": optimizer, "keras": keras, "ops": keras.ops, **self.namespace}
+        self.bridge = bridge = Bridge(self.logdir, writer=self.writer, namespace=ns, **self.bridge_kwargs)
+        if self._jax:
+            bridge.prepare = model.jax_state_sync
+        self._bind_lr(bridge, model, optimizer)
+        config = optimizer.get_config()
+        for key, value in config.items():
+            if key in _SKIP or isinstance(value, bool) or not isinstance(value, float) or not hasattr(optimizer, key):
+                continue
+            lo, hi = unit_bounds(key)
+            bridge.bind_hparam(key, _attr_getter(optimizer, key), self._attr_setter(optimizer, key), min=lo, max=hi)
+        register_hparams(bridge, self.hparam_specs, after_change=self._retrace)
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        """A step boundary: apply commands, run metrics; a `stop` sets `model.stop_training`."""
+        bridge = self.bridge
+        if bridge is None:
+            return
+        self._step += 1
+        loss = logs.get("loss") if logs else None
+        bridge.step(self._step, logs=logs, loss=loss, batch=batch, epoch=self._epoch)
+        if bridge.should_stop:
+            self._model.stop_training = True
+
+    def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        """Close the bridge; an untouched schedule wrapper is taken off again."""
+        if self.bridge is not None:
+            self.bridge.close()
+            self.bridge = None
+        optimizer = self._model.optimizer
+        lr = getattr(optimizer, "_learning_rate", None)
+        if isinstance(lr, ScaledSchedule) and lr.scale == 1.0:
+            optimizer._learning_rate = lr.schedule
+
+    # -- binding --------------------------------------------------------------------------------------
+
+    def _bind_lr(self, bridge: Bridge, model: Any, optimizer: Any) -> None:
+        lr = optimizer._learning_rate
+        if isinstance(lr, LearningRateSchedule):
+            wrapped = lr if isinstance(lr, ScaledSchedule) else ScaledSchedule(lr)
+            optimizer._learning_rate = wrapped
+
+            def get() -> float:  # from our step count: on JAX the iterations variable is empty during an epoch
+                return _host(wrapped(self._step))
+
+            def set(value: float) -> None:
+                base = _host(wrapped.schedule(self._step))
+                if not base or not math.isfinite(base):
+                    raise ProtocolError(
+                        f"the learning-rate schedule gives {base} at this step, so lr cannot be scaled to {value}",
+                        type="NotSettable",
+                    )
+                wrapped.scale = value / base
+                self._retrace()
+
+            bridge.bind_hparam("lr", get, set, type="float", min=0.0)
+        elif isinstance(lr, keras.Variable):
+            last = [_host(lr)]
+
+            def get_variable() -> float:
+                if self._variables_live():
+                    try:
+                        last[0] = _host(lr)
+                    except (TypeError, AttributeError):  # emptied by the JAX trainer meanwhile
+                        pass
+                return last[0]
+
+            def set_variable(value: float) -> None:
+                optimizer.learning_rate = value
+                last[0] = value
+
+            bridge.bind_hparam("lr", get_variable, set_variable, type="float", min=0.0)
+        elif callable(lr):
+
+            def refuse(value: float) -> None:
+                raise ProtocolError(
+                    "the optimizer's learning_rate is a plain callable, which BIDViz cannot change; give the "
+                    "optimizer a float or a keras.optimizers.schedules.LearningRateSchedule",
+                    type="NotSettable",
+                )
+
+            bridge.bind_hparam("lr", lambda: _host(lr()), refuse, type="float", min=0.0)
+
+    def _variables_live(self) -> bool:
+        """False while the JAX trainer holds the training state outside the model's (then empty) variables."""
+        return not self._jax or bool(getattr(self._model, "_jax_state_synced", True))
+
+    def _attr_setter(self, optimizer: Any, key: str) -> Callable[[Any], None]:
+        def set(value: Any) -> None:
+            setattr(optimizer, key, value)
+            self._retrace()
+
+        return set
+
+    def _retrace(self) -> None:
+        """A Python number changed inside the compiled JAX train step: rebuild it (one recompilation)."""
+        model = self._model
+        if self._jax and getattr(model, "train_function", None) is not None:
+            model.make_train_function(force=True)
+
+
+def _attr_getter(optimizer: Any, key: str) -> Callable[[], Any]:
+    return lambda: float(getattr(optimizer, key))
+
+
+def _host(value: Any) -> float:
+    return float(keras.ops.convert_to_numpy(value))

@@ -1,0 +1,111 @@
+"""PyTorch Lightning: `trainer = Trainer(callbacks=[BIDVizCallback()])`.
+
+The bridge starts when fitting starts (the optimizers and LR schedulers exist by then), writes through the trainer's
+`TensorBoardLogger` when it has one (so its series land in the logger's run, `lightning_logs/version_N`), steps at
+every `on_train_batch_end` with `trainer.global_step`, and stops the Lightning way: `trainer.should_stop = True`
+ends the fit after the current batch, through Lightning's own end-of-training hooks. It closes at `teardown`, before
+the logger is finalized. Only the global-zero process runs a bridge.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from bidviz.bridge.core import Bridge
+
+from ._common import HParamSpecs, register_hparams, writer_dir
+
+__all__ = ["BIDVizCallback"]
+
+
+class BIDVizCallback(Callback):
+    """Attach a BIDViz bridge to a Lightning `Trainer`.
+
+    Args:
+        logdir: the run directory; by default the `TensorBoardLogger`'s `log_dir` (written through its writer), or
+            `<default_root_dir>/bidviz` when the trainer has no TensorBoard logger.
+        namespace: extra names for metric code and `eval`.
+        hparams: your own tunable values, `{"dropout": 0.1}` or `{"dropout": {"value": 0.1, "max": 0.9,
+            "on_change": f}}`; read them with `callback.bridge.hparams["dropout"]`.
+        **bridge_kwargs: passed to `Bridge` (`secret`, `resume`, `poll_interval`, `hook_budget`, `flush_secs`).
+
+    Metric code sees `trainer`, `pl_module` (also as `model`), `outputs`, `loss` (when the step returned one),
+    `batch`, `batch_idx`, `optimizer`, `scheduler`, and your namespace. The optimizers' values are bound as
+    `lr`, `momentum`, `betas`, ...; with several optimizers, the second one's are `opt1/lr`, ... A set `lr` survives
+    the optimizer's LR scheduler.
+    """
+
+    def __init__(
+        self,
+        logdir: str | os.PathLike[str] | None = None,
+        *,
+        namespace: Mapping[str, Any] | None = None,
+        hparams: HParamSpecs | None = None,
+        **bridge_kwargs: Any,
+    ) -> None:
+        self.logdir = logdir
+        self.namespace = dict(namespace or {})
+        self.hparam_specs = hparams
+        self.bridge_kwargs = bridge_kwargs
+        self.bridge: Bridge | None = None
+
+    # -- Lightning hooks ------------------------------------------------------------------------------
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start the bridge and bind the optimizers (configured by now) and their LR schedulers."""
+        if not trainer.is_global_zero or self.bridge is not None:
+            return
+        run_dir, writer = self._where(trainer)
+        ns = {"trainer": trainer, "pl_module": pl_module, "model": pl_module, **self.namespace}
+        self.bridge = bridge = Bridge(run_dir, writer=writer, namespace=ns, **self.bridge_kwargs)
+        schedulers: dict[int, Any] = {}
+        for config in trainer.lr_scheduler_configs:
+            opt = getattr(config.scheduler, "optimizer", None)
+            schedulers.setdefault(id(opt), config.scheduler)
+        for i, optimizer in enumerate(trainer.optimizers):
+            bridge.bind_optimizer(optimizer, schedulers.get(id(optimizer)), prefix=f"opt{i}/" if i else "")
+        register_hparams(bridge, self.hparam_specs)
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """A step boundary: apply commands, run metrics; a `stop` sets `trainer.should_stop`."""
+        bridge = self.bridge
+        if bridge is None:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        bridge.step(trainer.global_step, outputs=outputs, loss=loss, batch=batch, batch_idx=batch_idx)
+        if bridge.should_stop:
+            trainer.should_stop = True
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Close the bridge: commands still queued get their answer."""
+        self._close()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Close the bridge after fitting, before the logger is finalized."""
+        if stage == "fit":
+            self._close()
+
+    # -- helpers --------------------------------------------------------------------------------------
+
+    def _where(self, trainer: Trainer) -> tuple[str, Any]:
+        tb = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if tb is not None:
+            writer = tb.experiment
+            tb_dir = writer_dir(writer) or tb.log_dir
+            if self.logdir is None or os.path.realpath(self.logdir) == os.path.realpath(tb_dir):
+                return tb_dir, writer
+        if self.logdir is not None:
+            return os.fspath(self.logdir), None
+        return os.path.join(trainer.default_root_dir, "bidviz"), None
+
+    def _close(self) -> None:
+        if self.bridge is not None:
+            self.bridge.close()
+            self.bridge = None

@@ -1,0 +1,80 @@
+"""Keras 3: examples/keras_digits.py trains in a subprocess with BIDVizCallback (torch backend with an LR schedule,
+JAX backend with a plain learning rate); the CLI drives it."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from integration_checks import (
+    add_metric,
+    eval_value,
+    event_files,
+    pause_resume,
+    scalars,
+    set_hparam,
+    stop,
+    wait_metric_values,
+)
+
+pytestmark = pytest.mark.skipif(not importlib.util.find_spec("keras"), reason="keras is not installed")
+
+DECAY = 0.999  # the example's ExponentialDecay(decay_steps=1, decay_rate=0.999)
+STEPS_PER_EPOCH = 24  # 1500 samples in batches of 64
+
+BACKENDS = [
+    pytest.param("torch", marks=pytest.mark.skipif(not importlib.util.find_spec("torch"), reason="no torch")),
+    pytest.param("jax", marks=pytest.mark.skipif(not importlib.util.find_spec("jax"), reason="no jax")),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keras_callback_end_to_end(start_training, backend: str) -> None:  # type: ignore[no-untyped-def]
+    schedule = backend == "torch"  # the schedule path on torch, the variable path (and state sync) on JAX
+    args = ["--steps", "0", "--delay", "0.02", "--quiet"] + (["--schedule"] if schedule else [])
+    training = start_training("keras_digits.py", f"keras_{backend}", *args, env={"KERAS_BACKEND": backend})
+    run = training.run_dir
+    training.wait_live()
+
+    assert eval_value(run, "keras.backend.backend(), type(model).__name__, model.get_layer('hidden').units") == (
+        backend,
+        "Sequential",
+        64,
+    )
+    assert eval_value(run, "sorted(bridge.hparams)") == ["dropout", "lr", "momentum"]
+
+    response = set_hparam(run, "lr", 0.5)
+    if schedule:
+        assert eval_value(run, "type(optimizer._learning_rate).__name__") == "ScaledSchedule"
+        training.wait_steps(5)
+        it, lr = eval_value(run, "int(optimizer.iterations), float(optimizer.learning_rate)")
+        assert it >= response["step"] + 5
+        assert lr == pytest.approx(0.5 * DECAY ** (it - response["step"]), rel=1e-3), (it, response["step"], lr)
+    else:
+        # Past an epoch end, where Keras copies the JAX training state back into the variables: the state held 0.5.
+        training.wait_steps(STEPS_PER_EPOCH + 2)
+        assert eval_value(run, "round(float(optimizer.learning_rate), 6)") == 0.5
+        before = eval_value(run, "id(model.train_function)")
+        set_hparam(run, "momentum", 0.5)
+        assert eval_value(run, "id(model.train_function)") != before  # rebuilt: the new momentum is compiled in
+        training.wait_steps(STEPS_PER_EPOCH + 2)
+        assert eval_value(run, "round(float(optimizer.momentum), 6)") == 0.5
+    set_hparam(run, "dropout", 0.3)
+    assert eval_value(run, "model.get_layer('drop').rate") == 0.3
+
+    add_metric(run, "kernel_norm", "ops.norm(model.get_layer('hidden').kernel)")
+    add_metric(run, "loss_x100", "logs['loss'] * 100")
+    wait_metric_values(training, "kernel_norm")
+    wait_metric_values(training, "loss_x100")
+
+    pause_resume(training)
+    out = stop(training)
+    assert "(stopped by command)" in out, out
+
+    assert len(event_files(run)) == 1, list(run.iterdir())
+    series = scalars(run)
+    for tag in ("bidviz/kernel_norm", "bidviz/loss_x100", "hparams/lr", "hparams/dropout"):
+        assert series.get(tag), f"{tag} missing; tags: {sorted(series)}"
+    assert series["hparams/lr"][-1][2] == pytest.approx(0.5)
+    norms = [v for _, _, v in series["bidviz/kernel_norm"]]
+    assert len(set(norms)) > 1, norms  # the weights it sees are live, not a stale copy
