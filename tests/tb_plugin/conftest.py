@@ -39,13 +39,14 @@ def start_training(procs: list[Proc], tmp_path: Path) -> Callable[..., Proc]:
 def start_tensorboard(procs: list[Proc], tmp_path: Path) -> Callable[..., TensorBoard]:
     """Start the stock `tensorboard` on 127.0.0.1 and a free port; returns once it answers."""
 
-    def start(logdir: Path, *extra: str) -> TensorBoard:
+    def start(logdir: Path | None, *extra: str) -> TensorBoard:
+        """`logdir=None` leaves --logdir out (give --logdir_spec in `extra`)."""
+        where = ["--logdir", str(logdir)] if logdir is not None else []
         cmd = [
             sys.executable,
             "-m",
             "tensorboard.main",
-            "--logdir",
-            str(logdir),
+            *where,
             "--host",
             "127.0.0.1",
             "--port",

@@ -363,3 +363,17 @@ def test_a_failed_import_shows_the_error_in_the_tab(tmp_path: Path, monkeypatch:
     assert "could not load" in module and "pip install" in module
     r = client.get(f"{P}/runs")
     assert r.status_code == 500 and "could not load" in r.get_json()["error"]
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving the mailbox to another user needs root (CI runs as root)")
+def test_a_mailbox_of_another_user_is_refused(live: tuple[Tab, Path]) -> None:
+    tab, run_dir = live
+    os.chown(run_dir / ".bidviz", 65534, 65534)
+    try:
+        status, err = tab.post("/command", {"run": "exp", "kind": "stop", "args": {}})
+        assert status == 403 and "belongs to uid 65534" in err["error"], err
+        status, err = tab.get("/state?run=exp")
+        assert status == 403
+        assert inbox(run_dir) == []
+    finally:
+        os.chown(run_dir / ".bidviz", 0, 0)

@@ -71,3 +71,24 @@ def test_a_command_over_http_reaches_training(
     status, body = tb.post(f"{P}/command", {"run": "exp", "kind": "stop", "args": {}})
     assert status == 403 and "X-BIDViz-CSRF" in body["error"]
     assert training.proc.poll() is None  # still training
+
+
+def test_logdir_spec_is_listed_read_only_with_a_reason(
+    tmp_path: Path, start_training: Any, start_tensorboard: Any
+) -> None:
+    logdir = tmp_path / "logs"
+    start_training(logdir / "exp")
+    tb = start_tensorboard(None, "--logdir_spec", f"mine:{logdir}")
+
+    def listed() -> Any:
+        status, body = tb.get(f"{P}/runs")
+        assert status == 200, body
+        return body["runs"] and body
+
+    body = wait_for(listed, "runs under --logdir_spec", 60)
+    assert "--logdir_spec" in body["problem"] and "--logdir DIR" in body["problem"]
+    assert [r["controllable"] for r in body["runs"]] == [False]
+    token = tb.get(f"{P}/csrf")[1]["token"]
+    run = body["runs"][0]["run"]
+    status, err = tb.post(f"{P}/command", {"run": run, "kind": "stop", "args": {}}, {"X-BIDViz-CSRF": token})
+    assert status == 409 and "--logdir_spec" in err["error"]
