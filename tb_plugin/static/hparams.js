@@ -128,7 +128,8 @@ export class HParamsPanel {
       row.cells.value.textContent = formatValue(hp.value);
       row.cells.bounds.textContent = bounds(hp);
       if (!row.input.value && document.activeElement !== row.input) row.input.placeholder = formatValue(hp.value);
-      const last = (hp.changes || [])[hp.changes.length - 1];
+      const changes = hp.changes || [];
+      const last = changes[changes.length - 1];
       row.cells.changed.textContent = last ? `step ${last.step ?? '–'} by ${last.sender || '?'}` : '–';
     }
     this.empty.hidden = this.rows.size > 0;

@@ -53,6 +53,11 @@ export class MetricsPanel {
     attachCodeEditing(this.code);
     this.every = el('input', {type: 'number', testid: 'metric-every', min: '1', value: '1', class: 'every'});
     this.replace = el('input', {type: 'checkbox', testid: 'metric-replace'});
+    this.kind = el(
+      'select',
+      {testid: 'metric-kind', title: 'how the value is written: auto picks scalar, histogram, image or text from it'},
+      ['auto', 'scalar', 'histogram', 'image', 'text'].map((k) => el('option', {value: k, text: k})),
+    );
     this.syntax = el('div', {class: 'inline-msg error', testid: 'metric-code-error'});
     this.status = el('div', {class: 'inline-msg', testid: 'metric-add-status'});
     this.addButton = el('button', {testid: 'metric-add', text: 'Add metric', onclick: () => this.add()});
@@ -89,6 +94,7 @@ export class MetricsPanel {
           {class: 'form-row'},
           el('label', {}, 'Name ', this.name),
           el('label', {}, 'every ', this.every, ' steps'),
+          el('label', {}, 'as ', this.kind),
           el('label', {class: 'check'}, this.replace, ' replace'),
         ),
         this.code,
@@ -145,7 +151,8 @@ export class MetricsPanel {
     this.addButton.disabled = true;
     this.say('sending…');
     try {
-      const resp = await this.app.send('add_metric', {name, code, every, replace: this.replace.checked});
+      const args = {name, code, every, kind: this.kind.value, replace: this.replace.checked};
+      const resp = await this.app.send('add_metric', args);
       if (resp.status === 'applied') {
         this.say(`metric ${name} added at step ${resp.step ?? '–'}; its series is bidviz/${name}`);
         this.name.value = '';

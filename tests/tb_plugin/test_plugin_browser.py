@@ -240,6 +240,17 @@ def test_metric_controls_diagnostics_export_import_png_and_now(
     expect(ui.get_by_test_id("metric-add-status")).to_contain_text("imported 1 metric")
     expect(ui.get_by_test_id("metric-status-wsum")).to_have_text("running")
 
+    ui.get_by_test_id("metric-name").fill("wdist")
+    ui.get_by_test_id("metric-code").fill("model.weight.detach().flatten()")
+    ui.get_by_test_id("metric-kind").select_option("histogram")
+    ui.get_by_test_id("metric-add").click()
+    expect(ui.get_by_test_id("metric-status-wdist")).to_have_text("running")
+    wait_for(
+        lambda: read_scalars(run_dir).get("bidviz/wdist") is None and _has_histogram(run_dir, "bidviz/wdist"),
+        "a histogram bidviz/wdist",
+        30,
+    )
+
     ui.get_by_test_id("metric-every").fill("5")
     ui.get_by_test_id("metric-diagnostics").click()
     expect(ui.get_by_test_id("metric-add-status")).to_contain_text("diagnostics on")
@@ -254,6 +265,14 @@ def test_metric_controls_diagnostics_export_import_png_and_now(
     expect(ui.get_by_test_id("terminal-result").last).to_have_text("True")
     ui.get_by_test_id("resume").click()
     expect(ui.get_by_test_id("run-status")).to_have_text("live")
+
+
+def _has_histogram(run_dir: Path, tag: str) -> bool:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"histograms": 0})
+    acc.Reload()
+    return tag in acc.Tags()["histograms"]
 
 
 def test_reload_no_runs_and_a_stale_bridge_are_explained(
