@@ -364,11 +364,25 @@ function listenForReload(onReload) {
   window.parent.postMessage('experimental.bootstrap', window.location.origin, [channel.port2]);
 }
 
+// Follow TensorBoard's light/dark setting: it toggles `dark-mode` on its own <body>, which (same origin) we can see.
+function followTheme() {
+  let body;
+  try {
+    body = window.parent.document.body;
+  } catch (_) {
+    return; // not inside TensorBoard's page
+  }
+  const sync = () => document.documentElement.classList.toggle('dark', body.classList.contains('dark-mode'));
+  sync();
+  new MutationObserver(sync).observe(body, {attributes: true, attributeFilter: ['class']});
+}
+
 export async function render() {
   const css = el('link', {rel: 'stylesheet', href: new URL('./style.css', import.meta.url).href});
   document.head.append(css);
   const root = el('div', {id: 'bidviz-root'});
   document.body.append(root);
+  followTheme();
   const app = new App(root);
   window.bidviz = app; // for the curious, from the devtools console
   listenForReload(() => {

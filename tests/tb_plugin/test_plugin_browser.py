@@ -299,3 +299,21 @@ def test_reload_no_runs_and_a_stale_bridge_are_explained(
     training.proc.wait(10)
     expect(ui.get_by_test_id("run-status")).to_have_text("stale")
     expect(ui.get_by_test_id("banner")).to_contain_text("stale")
+
+
+def test_the_tab_follows_tensorboards_dark_mode(tmp_path: Path, start_tensorboard: Any, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    (tmp_path / "logs").mkdir()
+    tb = start_tensorboard(tmp_path / "logs")
+    ui = tab(page, tb.url)
+    html = ui.locator("html")
+    expect(html).not_to_have_class(re.compile("dark"))
+    page.get_by_label("Menu for changing light or dark theme").click()  # TensorBoard's own theme toggle
+    page.get_by_role("menuitem", name=re.compile("^Dark")).click()
+    expect(html).to_have_class(re.compile(r"\bdark\b"))
+    assert ui.locator("body").evaluate("b => getComputedStyle(b).backgroundColor") == "rgb(58, 58, 58)"
+    page.get_by_label("Menu for changing light or dark theme").click()
+    page.get_by_role("menuitem", name=re.compile("^Light")).click()
+    expect(html).not_to_have_class(re.compile("dark"))
