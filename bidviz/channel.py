@@ -43,6 +43,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _owned_dir(d: Path) -> os.stat_result:
+    st = os.lstat(d)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise ChannelError(f"{d} must be a real directory, not a symlink or file; remove it and start again")
+    if st.st_uid != os.getuid():
+        raise ChannelError(
+            f"{d} belongs to uid {st.st_uid}, not to this user (uid {os.getuid()}); a mailbox is used only "
+            "by its owner: run training as that user or remove the directory"
+        )
+    return st
+
+
 class Mailbox:
     """Paths of one run's mailbox, and the atomic operations on them."""
 
@@ -69,16 +81,15 @@ class Mailbox:
                 os.mkdir(d, 0o700)
             except FileExistsError:
                 pass
-            st = os.lstat(d)
-            if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-                raise ChannelError(f"{d} must be a real directory, not a symlink or file; remove it and start again")
-            if st.st_uid != os.getuid():
-                raise ChannelError(
-                    f"{d} belongs to uid {st.st_uid}, not to this user (uid {os.getuid()}); a mailbox is used only "
-                    "by its owner: run training as that user or remove the directory"
-                )
+            st = _owned_dir(d)
             if stat.S_IMODE(st.st_mode) != 0o700:
                 os.chmod(d, 0o700)
+
+    def check_root(self) -> None:
+        """Refuse (ChannelError) a mailbox that is a symlink, not a directory, or another user's; a missing one
+        passes. Clients call this before reading or writing through a mailbox they did not create."""
+        if os.path.lexists(self.root):
+            _owned_dir(self.root)
 
     # -- atomic writes ---------------------------------------------------------------------------------
 

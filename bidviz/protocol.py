@@ -21,6 +21,8 @@ from typing import Any
 
 VERSION = 1
 MAX_COMMAND_BYTES = 256 * 1024
+#: The shared signing secret, for the bridge and every client alike.
+SECRET_ENV = "BIDVIZ_SECRET"
 
 #: kind -> (required args, optional args with defaults)
 KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
@@ -74,6 +76,11 @@ def _next_sent_at() -> float:
     ms = max(int(now * 1000), _last_ms + 1)
     _last_ms = ms
     return max(now, ms / 1000)
+
+
+def env_secret() -> str | None:
+    """The signing secret from the environment (`BIDVIZ_SECRET`), or None when it is unset or empty."""
+    return os.environ.get(SECRET_ENV) or None
 
 
 def default_sender() -> str:

@@ -58,7 +58,7 @@ class Bridge:
         self.mailbox.create()
         self._owner = OwnerLock(self.mailbox)
         self._owner.acquire()
-        self.secret = secret if secret is not None else os.environ.get("BIDVIZ_SECRET") or None
+        self.secret = secret if secret is not None else protocol.env_secret()
         self.hook_budget = hook_budget
         self.flush_secs = flush_secs
         self.started_at = time.time()
@@ -251,14 +251,11 @@ class Bridge:
             self._last_inbox_check = now
             self._check_inbox()
         if self._queue:
-            self._prepare()
             self._apply_queue()
         while self.paused and not self.should_stop:
             self._wakeup.wait(0.1)
             self._wakeup.clear()
             self._check_inbox()
-            if self._queue:
-                self._prepare()
             self._apply_queue()
         if self._active:
             self._run_metrics(step)
@@ -312,10 +309,6 @@ class Bridge:
                 self._on_files(sorted(os.listdir(self.mailbox.inbox)), locked=True)
             finally:
                 self._scan_lock.release()
-
-    def _prepare(self) -> None:
-        if self.prepare is not None:
-            self.prepare()
 
     def _run_metrics(self, step: int) -> None:
         call = self._timer.call
@@ -414,6 +407,8 @@ class Bridge:
     # -- applying (training thread) ---------------------------------------------------------------------
 
     def _apply_queue(self) -> None:
+        if self._queue and self.prepare is not None:
+            self.prepare()
         while self._queue:
             item = self._queue.popleft()
             try:

@@ -24,7 +24,6 @@ from typing import Any, Protocol
 from bidviz import protocol
 from bidviz.channel import DIRNAME, ChannelError, Mailbox
 
-SECRET_ENV = "BIDVIZ_SECRET"
 JOURNAL_LIMIT = 500
 REPR_SHOWN = 4000
 MAX_BODY = 2 * protocol.MAX_COMMAND_BYTES
@@ -78,7 +77,7 @@ class ControlPlane:
     def __init__(self, logdir: str | None, source: RunSource, *, secret: str | None = None) -> None:
         self.logdir = logdir or ""
         self.source = source
-        self.secret = secret if secret is not None else (os.environ.get(SECRET_ENV) or None)
+        self.secret = secret if secret is not None else protocol.env_secret()
 
     # -- why control may be impossible -----------------------------------------------------------------------
 
@@ -128,17 +127,10 @@ class ControlPlane:
 
     def _mailbox(self, run: object, *, write: bool = False) -> Mailbox:
         mailbox = Mailbox(self.resolve(run))
-        root = mailbox.root
-        if os.path.islink(root):
-            raise ControlError(403, f"{root} is a symlink; a mailbox must be a real directory: remove it")
-        if root.exists():
-            st = os.stat(root)
-            if st.st_uid != os.getuid():
-                raise ControlError(
-                    403,
-                    f"{root} belongs to uid {st.st_uid}, not to this TensorBoard (uid {os.getuid()}); run "
-                    "TensorBoard as the user that runs training",
-                )
+        try:
+            mailbox.check_root()
+        except ChannelError as e:
+            raise ControlError(403, str(e)) from None
         if write and not mailbox.exists():
             raise ControlError(
                 409,

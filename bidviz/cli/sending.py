@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -17,8 +16,6 @@ from bidviz.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NO_RESPONSE, E
 from bidviz.cli.output import _age, _print_error, _print_json
 from bidviz.cli.types import Args, Response, Show
 
-SECRET_ENV = "BIDVIZ_SECRET"
-
 
 def _sender() -> str:
     return f"cli:{protocol.default_sender()}"
@@ -26,7 +23,7 @@ def _sender() -> str:
 
 def _make_commands(requests: Sequence[tuple[str, Args]], labels: Sequence[str] | None) -> list[protocol.Command]:
     """Build (and sign) every command before sending any, so one bad argument sends nothing."""
-    secret = os.environ.get(SECRET_ENV) or None
+    secret = protocol.env_secret()
     sender = _sender()
     commands: list[protocol.Command] = []
     last_ms = -1

@@ -43,6 +43,17 @@ def writer_dir(writer: Any) -> str | None:
     return os.fspath(logdir) if logdir is not None else None
 
 
+def run_dir_for(logdir: Any, writer: Any, writer_logdir: str | None, fallback: str) -> tuple[str, Any]:
+    """Where a framework callback's bridge writes: through the framework's own TensorBoard writer (into its
+    directory) unless the user named another `logdir`; else `logdir`; else `fallback` with a writer of our own."""
+    if writer is not None and writer_logdir is not None:
+        if logdir is None or os.path.realpath(logdir) == os.path.realpath(writer_logdir):
+            return writer_logdir, writer
+    if logdir is not None:
+        return os.fspath(logdir), None
+    return fallback, None
+
+
 def unit_bounds(key: str) -> tuple[float | None, float | None]:
     """Default bounds of an optimizer value by its name (as the torch binding uses)."""
     if key in ("momentum", "rho", "dampening", "alpha", "ema_momentum"):

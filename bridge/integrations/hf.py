@@ -20,7 +20,7 @@ from transformers.trainer_callback import CallbackHandler
 
 from bidviz.bridge.core import Bridge
 
-from ._common import HParamSpecs, register_hparams, writer_dir
+from ._common import HParamSpecs, register_hparams, run_dir_for, writer_dir
 
 __all__ = ["BIDVizCallback"]
 
@@ -113,11 +113,7 @@ class BIDVizCallback(TrainerCallback):  # type: ignore[misc]
         tb = next((cb for cb in siblings if isinstance(cb, TensorBoardCallback)), None)
         writer = getattr(tb, "tb_writer", None)
         tb_dir = writer_dir(writer) if writer is not None else None
-        if tb_dir is not None and (self.logdir is None or os.path.realpath(self.logdir) == os.path.realpath(tb_dir)):
-            return tb_dir, writer
-        if self.logdir is not None:
-            return os.fspath(self.logdir), None
-        return os.path.join(args.output_dir, "bidviz"), None
+        return run_dir_for(self.logdir, writer, tb_dir, os.path.join(args.output_dir, "bidviz"))
 
 
 def _siblings(frame: Any) -> list[Any]:

@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from bidviz.bridge.core import Bridge
 
-from ._common import HParamSpecs, register_hparams, writer_dir
+from ._common import HParamSpecs, register_hparams, run_dir_for, writer_dir
 
 __all__ = ["BIDVizCallback"]
 
@@ -96,14 +96,9 @@ class BIDVizCallback(Callback):
 
     def _where(self, trainer: Trainer) -> tuple[str, Any]:
         tb = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        if tb is not None:
-            writer = tb.experiment
-            tb_dir = writer_dir(writer) or tb.log_dir
-            if self.logdir is None or os.path.realpath(self.logdir) == os.path.realpath(tb_dir):
-                return tb_dir, writer
-        if self.logdir is not None:
-            return os.fspath(self.logdir), None
-        return os.path.join(trainer.default_root_dir, "bidviz"), None
+        writer = tb.experiment if tb is not None else None
+        tb_dir = (writer_dir(writer) or tb.log_dir) if tb is not None else None
+        return run_dir_for(self.logdir, writer, tb_dir, os.path.join(trainer.default_root_dir, "bidviz"))
 
     def _close(self) -> None:
         if self.bridge is not None:
