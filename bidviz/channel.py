@@ -17,17 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
+from .errors import BridgeBusyError, ChannelError
 
 DIRNAME = ".bidviz"
 LIVE_SECONDS = 5.0  # a bridge writes its heartbeat every second; older than this it is stale
-
-
-class ChannelError(RuntimeError):
-    """A mailbox problem a person must act on; the message says what to do."""
-
-
-class BridgeBusyError(ChannelError):
-    """Another live Bridge owns this run's mailbox."""
 
 
 def _fsync_dir(path: Path) -> None:

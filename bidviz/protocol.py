@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import ProtocolError
+
 VERSION = 1
 MAX_COMMAND_BYTES = 256 * 1024
 #: The shared signing secret, for the bridge and every client alike.
@@ -43,18 +45,6 @@ STATUSES = ("applied", "rejected", "failed")
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/@]{0,127}$")
 _FILE_RE = re.compile(r"^(\d{1,16})-([0-9a-f]{32})\.json$")
-
-
-class ProtocolError(ValueError):
-    """A command that cannot be accepted; the message says what was received and what is expected."""
-
-    def __init__(self, message: str, *, type: str = "ProtocolError", line: int | None = None) -> None:
-        super().__init__(message)
-        self.type = type
-        self.line = line
-
-    def as_error(self) -> dict[str, Any]:
-        return {"type": self.type, "message": str(self), "traceback": "", "line": self.line}
 
 
 def new_id() -> str:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bidviz.protocol import ProtocolError, to_json_value
+from bidviz.errors import MetricTimeout, ProtocolError
+from bidviz.protocol import to_json_value
 from bidviz.writers.adapters import to_numpy
 
 ERRORS_TO_DISABLE = 5
@@ -157,10 +158,6 @@ def error_info(exc: BaseException, filename_prefix: str = "<") -> dict[str, Any]
     line = next((f.lineno for f in reversed(frames) if f.filename.startswith(filename_prefix)), None)
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     return {"type": type(exc).__name__, "message": str(exc), "traceback": text, "line": line}
-
-
-class MetricTimeout(Exception):
-    """Raised inside a hook that ran past its time budget."""
 
 
 @dataclass
