@@ -150,7 +150,7 @@ class Mailbox:
                     yield entry
 
     def read_response(self, command_id: str) -> dict[str, Any] | None:
-        if not protocol.is_command_id(command_id) and protocol.id_from_filename(command_id) != command_id:
+        if not protocol.is_response_id(command_id):
             raise ChannelError(f"not a command id: {command_id!r}")
         try:
             return json.loads((self.outbox / f"{command_id}.json").read_bytes())  # type: ignore[no-any-return]

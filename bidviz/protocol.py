@@ -1,7 +1,7 @@
 """Protocol v1: the command and response schema shared by the bridge and every client.
 
-Depends on nothing of ours. Commands parse into small frozen dataclasses; every
-validation error names what was received and what is expected.
+Depends on nothing of ours but `bidviz.kinds` (the table of command kinds) and `bidviz.errors`.
+Commands parse into small frozen dataclasses; every validation error names what was received and what is expected.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ import math
 import os
 import re
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from . import kinds
 from .errors import ProtocolError
 
 VERSION = 1
@@ -26,46 +28,43 @@ MAX_COMMAND_BYTES = 256 * 1024
 #: The shared signing secret, for the bridge and every client alike.
 SECRET_ENV = "BIDVIZ_SECRET"
 
-#: kind -> (required args, optional args with defaults)
-KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
-    "set_hparam": (("name", "value"), {}),
-    "add_metric": (("name", "code"), {"every": 1, "replace": False, "kind": "auto"}),
-    "remove_metric": (("name",), {}),
-    "pause_metric": (("name",), {}),
-    "resume_metric": (("name",), {}),
-    "add_diagnostics": ((), {"every": 1}),
-    "eval": (("code",), {"now": False}),
-    "pause": ((), {}),
-    "resume": ((), {}),
-    "stop": ((), {}),
-}
-METRIC_KINDS = ("auto", "scalar", "histogram", "image", "text")
+#: every command kind by its wire name (the table lives in `bidviz.kinds`)
+KINDS = kinds.KINDS
+METRIC_KINDS = kinds.METRIC_KINDS
 STATUSES = ("applied", "rejected", "failed")
+check_name = kinds.check_name
 
-_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/@]{0,127}$")
-_FILE_RE = re.compile(r"^(\d{1,16})-([0-9a-f]{32})\.json$")
+_ID_RE = re.compile(r"[0-9a-f]{32}")
+_FILE_RE = re.compile(r"(\d{1,16})-([0-9a-f]{32})\.json")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+MAX_EPOCH = 1e11  # seconds: year 5138; anything later in a time field is a mistake or an attack
 
 
 def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def is_command_id(text: str) -> bool:
-    return _ID_RE.match(text) is not None
+def is_command_id(text: object) -> bool:
+    return isinstance(text, str) and _ID_RE.fullmatch(text) is not None
 
 
-_last_ms = 0
+class Clock:
+    """Epoch seconds, each at least one millisecond after the previous one it gave, so that commands made in a
+    row sort (by their inbox file names) in the order they were made. One per sender; thread-safe."""
+
+    def __init__(self) -> None:
+        self._last_ms = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            now = time.time()
+            ms = max(int(now * 1000), self._last_ms + 1)
+            self._last_ms = ms
+            return max(now, ms / 1000)
 
 
-def _next_sent_at() -> float:
-    """Epoch seconds, at least one millisecond after the previous command of this process, so that commands
-    sent in a row sort (by their inbox file names) in the order they were made."""
-    global _last_ms
-    now = time.time()
-    ms = max(int(now * 1000), _last_ms + 1)
-    _last_ms = ms
-    return max(now, ms / 1000)
+_clock = Clock()
 
 
 def env_secret() -> str | None:
@@ -89,16 +88,24 @@ def inbox_name(command_id: str, sent_at: float | None = None) -> str:
 
 def id_from_filename(name: str) -> str:
     """The command id a response to file `name` must carry, even when its content is unreadable."""
-    m = _FILE_RE.match(name)
+    m = _FILE_RE.fullmatch(name)
     if m:
         return m.group(2)
+    # A badly named file still gets one response of its own: a readable prefix and a hash of the whole name,
+    # so two such names never share an outbox file.
     stem = name[:-5] if name.endswith(".json") else name
-    safe = re.sub(r"[^A-Za-z0-9_-]", "_", stem)[:64]
-    return safe or "unnamed"
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", stem)[:40]
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{safe or 'unnamed'}-{digest}"
 
 
 def is_command_filename(name: str) -> bool:
-    return _FILE_RE.match(name) is not None
+    return _FILE_RE.fullmatch(name) is not None
+
+
+def is_response_id(text: object) -> bool:
+    """A command id, or the id `id_from_filename` gives a badly named file."""
+    return isinstance(text, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", text) is not None
 
 
 def canonical(obj: Mapping[str, Any]) -> bytes:
@@ -112,51 +119,21 @@ def sign(obj: Mapping[str, Any], secret: str | bytes) -> str:
     return hmac.new(key, canonical(obj), hashlib.sha256).hexdigest()
 
 
-def check_name(name: object, what: str = "name") -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
-        raise ProtocolError(
-            f"{what} must be 1-128 characters of letters, digits and _ . - / @ (not starting with one of . - / @,"
-            f" no '..'); received {name!r}",
-            type="InvalidName",
-        )
-    return name
+def printable(text: str, limit: int = 200) -> str:
+    """`text` safe to show in a terminal or a page: no control characters, escape sequences or lone surrogates."""
+    return _UNPRINTABLE.sub("\ufffd", text[:limit])
 
 
-def _check_args(kind: str, args: object) -> dict[str, Any]:
-    if args is None:
-        args = {}
-    if not isinstance(args, dict):
-        raise ProtocolError(f"'args' must be a JSON object; received {type(args).__name__}", type="InvalidArgs")
-    required, optional = KINDS[kind]
-    missing = [a for a in required if a not in args]
-    if missing:
+def _epoch(obj: Mapping[str, Any], key: str, default: float | None) -> float | None:
+    value = obj.get(key, default)
+    if value is None and default is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < MAX_EPOCH:
         raise ProtocolError(
-            f"{kind} needs args {', '.join(required)}; missing {', '.join(missing)}", type="InvalidArgs"
-        )
-    allowed = set(required) | set(optional)
-    extra = sorted(set(args) - allowed)
-    if extra:
-        raise ProtocolError(
-            f"{kind} takes args {', '.join(sorted(allowed)) or '(none)'}; unknown {', '.join(extra)}",
+            f"'{key}' must be epoch seconds (a number from 0 to 1e11); received {value!r:.80}",
             type="InvalidArgs",
         )
-    out = {**optional, **args}
-    if "name" in out:
-        check_name(out["name"], f"{kind} 'name'")
-    if "code" in out and (not isinstance(out["code"], str) or not out["code"].strip()):
-        raise ProtocolError(f"{kind} 'code' must be a non-empty string; received {out['code']!r}", type="InvalidArgs")
-    if "every" in out:
-        every = out["every"]
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ProtocolError(f"'every' must be an integer >= 1; received {every!r}", type="InvalidArgs")
-    for flag in ("replace", "now"):
-        if flag in out and not isinstance(out[flag], bool):
-            raise ProtocolError(f"'{flag}' must be true or false; received {out[flag]!r}", type="InvalidArgs")
-    if kind == "add_metric" and out["kind"] not in METRIC_KINDS:
-        raise ProtocolError(
-            f"metric 'kind' must be one of {', '.join(METRIC_KINDS)}; received {out['kind']!r}", type="InvalidArgs"
-        )
-    return out
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -168,6 +145,7 @@ class Command:
     sent_at: float = 0.0
     v: int = VERSION
     sig: str | None = None
+    expires_at: float | None = None  # not claimed by then: answered rejected/Expired, never applied
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -178,6 +156,8 @@ class Command:
             "sender": self.sender,
             "sent_at": self.sent_at,
         }
+        if self.expires_at is not None:
+            d["expires_at"] = self.expires_at
         if self.sig is not None:
             d["sig"] = self.sig
         return d
@@ -190,17 +170,21 @@ def make_command(
     sender: str | None = None,
     secret: str | bytes | None = None,
     command_id: str | None = None,
+    expires_in: float | None = None,
+    clock: Clock = _clock,
 ) -> Command:
-    """Build (and sign when `secret` is given) a valid command, raising ProtocolError on bad arguments."""
-    if kind not in KINDS:
-        raise ProtocolError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}", type="UnknownKind")
-    checked = _check_args(kind, dict(args or {}))
+    """Build (and sign when `secret` is given) a valid command, raising ProtocolError on bad arguments.
+    `expires_in`: seconds after which a bridge that has not claimed it answers rejected/Expired instead."""
+    entry = kinds.get(kind)
+    checked = entry.parse_args(dict(args or {}))
+    sent_at = clock()
     cmd = Command(
         id=command_id or new_id(),
-        kind=kind,
+        kind=entry.name,
         args=checked,
-        sender=sender if sender is not None else default_sender(),
-        sent_at=_next_sent_at(),
+        sender=printable(sender if sender is not None else default_sender()),
+        sent_at=sent_at,
+        expires_at=sent_at + expires_in if expires_in is not None else None,
     )
     if secret:
         return Command(**{**cmd.__dict__, "sig": sign(cmd.to_dict(), secret)})
@@ -208,23 +192,29 @@ def make_command(
 
 
 def parse_command(data: bytes, *, file_id: str, secret: str | bytes | None = None) -> Command:
-    """Parse and validate one command file's bytes. `file_id` is the id its file name carries."""
+    """Parse and validate one command file's bytes. `file_id` is the id its file name carries.
+
+    Anything wrong with the bytes is a ProtocolError naming it: never another exception, whatever the file holds
+    (nesting 100k deep, 400-digit numbers, lone surrogates, wrong types everywhere).
+    """
     if len(data) > MAX_COMMAND_BYTES:
         raise ProtocolError(f"command file is {len(data)} bytes; the limit is {MAX_COMMAND_BYTES}", type="TooLarge")
     try:
         obj = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ProtocolError(f"command file is not valid UTF-8 JSON: {e}", type="BadJSON") from None
-    except ValueError as e:
-        raise ProtocolError(str(e), type="BadJSON") from None
+    except RecursionError:
+        raise ProtocolError("command file is nested too deeply to be a command", type="BadJSON") from None
+    except ValueError as e:  # a constant (NaN, Infinity), or an integer of more than 4300 digits
+        raise ProtocolError(f"command file is not a command: {e}", type="BadJSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"a command must be a JSON object; received {type(obj).__name__}", type="BadJSON")
     v = obj.get("v")
-    if v != VERSION:
-        raise ProtocolError(f"protocol version must be {VERSION}; received {v!r}", type="BadVersion")
+    if type(v) is not int or v != VERSION:
+        raise ProtocolError(f"protocol version must be {VERSION}; received {v!r:.40}", type="BadVersion")
     cid = obj.get("id")
-    if not isinstance(cid, str) or not _ID_RE.match(cid):
-        raise ProtocolError(f"'id' must be 32 lowercase hex digits; received {cid!r}", type="InvalidId")
+    if not is_command_id(cid):
+        raise ProtocolError(f"'id' must be 32 lowercase hex digits; received {cid!r:.80}", type="InvalidId")
     if cid != file_id:
         raise ProtocolError(f"'id' {cid!r} does not match the file name's id {file_id!r}", type="InvalidId")
     if secret:
@@ -234,24 +224,24 @@ def parse_command(data: bytes, *, file_id: str, secret: str | bytes | None = Non
                 "this bridge requires signed commands (BIDVIZ_SECRET is set); the command has no 'sig'",
                 type="BadSignature",
             )
-        if not hmac.compare_digest(sig, sign(obj, secret)):
+        try:
+            expected = sign(obj, secret)
+        except (RecursionError, ValueError, TypeError):
+            raise ProtocolError("the command cannot be signed as sent (nested too deeply?)", type="BadJSON") from None
+        if not sig.isascii() or not hmac.compare_digest(sig, expected):
             raise ProtocolError("the command's 'sig' does not match; check BIDVIZ_SECRET", type="BadSignature")
-    kind = obj.get("kind")
-    if kind not in KINDS:
-        raise ProtocolError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}", type="UnknownKind")
+    entry = kinds.get(obj.get("kind"))
     sender = obj.get("sender", "")
-    sent_at = obj.get("sent_at", 0.0)
     if not isinstance(sender, str):
-        raise ProtocolError(f"'sender' must be a string; received {sender!r}", type="InvalidArgs")
-    if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)):
-        raise ProtocolError(f"'sent_at' must be epoch seconds; received {sent_at!r}", type="InvalidArgs")
+        raise ProtocolError(f"'sender' must be a string; received {type(sender).__name__}", type="InvalidArgs")
     return Command(
         id=cid,
-        kind=kind,
-        args=_check_args(kind, obj.get("args")),
-        sender=sender[:200],
-        sent_at=float(sent_at),
-        sig=obj.get("sig"),
+        kind=entry.name,
+        args=entry.parse_args(obj.get("args")),
+        sender=printable(sender),
+        sent_at=_epoch(obj, "sent_at", 0.0) or 0.0,
+        sig=obj.get("sig") if isinstance(obj.get("sig"), str) else None,
+        expires_at=_epoch(obj, "expires_at", None),
     )
 
 
@@ -271,10 +261,9 @@ class Response:
     received_at: float = 0.0
     applied_at: float = 0.0
     v: int = VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {
+        return {
             "v": self.v,
             "id": self.id,
             "kind": self.kind,
@@ -286,8 +275,6 @@ class Response:
             "received_at": self.received_at,
             "applied_at": self.applied_at,
         }
-        d.update(self.extra)
-        return d
 
 
 def to_json_value(value: Any, depth: int = 0) -> Any:

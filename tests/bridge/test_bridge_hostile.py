@@ -160,7 +160,7 @@ def test_file_owned_by_another_user_is_rejected(trainer):
 
 def test_badly_named_file_is_answered_under_its_own_name(trainer):
     drop(trainer, "hello world!.json", b"{}")
-    resp = wait_response(trainer, "hello_world_")
+    resp = wait_response(trainer, protocol.id_from_filename("hello world!.json"))
     assert resp["error"]["type"] == "BadFileName"
 
 
