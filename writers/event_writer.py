@@ -27,8 +27,6 @@ _file_ids = itertools.count()
 _WALL = struct.Struct("<Bd")  # the wall_time key (field 1, fixed64) and the double
 _FOOTER = struct.Struct("<I").pack
 _FLOAT = struct.Struct("<f").pack
-_M32 = 0xFFFFFFFF
-_MASK_DELTA = 0xA282EAD8
 # Past these a write wakes the flusher rather than leave the backlog for up to flush_secs. Scalars count records
 # (cheaper than bytes on the fast path; a scalar record is about 40 bytes), the other kinds bytes.
 _MAX_PENDING_RECORDS = 1 << 15
@@ -151,8 +149,7 @@ class EventWriter:
             data += head + _FLOAT(float(value))
         except OverflowError:
             data += head + summaries.pack_float(float(value))
-        crc = records.crc32c(data)
-        record = records.header(len(data)) + data + _FOOTER(((((crc >> 15) | (crc << 17)) & _M32) + _MASK_DELTA) & _M32)
+        record = records.header(len(data)) + data + _FOOTER(records.masked_crc(data))
         sink = self._sink
         if sink.closed:
             raise RuntimeError(f"the EventWriter for {self.run_dir!r} is closed")

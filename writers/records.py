@@ -54,23 +54,30 @@ crc32c, CRC32C_IMPLEMENTATION = _choose_crc32c()
 
 
 def masked_crc(data: bytes) -> int:
-    """TFRecord's masked CRC32C: rotate right by 15 bits, add a constant."""
+    """TFRecord's masked CRC32C of `data`: the CRC rotated right by 15 bits, plus a constant.
+
+    The one place the mask is written. The writer and the reader call it per record; they earn the call back
+    elsewhere (a cached header is a dict lookup in C, the reader checks a known length without a CRC), so neither
+    got slower: benchmarks/writers.py measures both.
+    """
     crc = crc32c(data)
     return ((((crc >> 15) | (crc << 17)) & _M32) + _MASK_DELTA) & _M32
 
 
-_header_cache: dict[int, bytes] = {}
+class _Headers(dict[int, bytes]):
+    """length -> the 12-byte record header for `length` bytes of data, memoized: records of one kind share lengths.
+    A dict, so that a known length costs one lookup in C, not a Python call (which the writer spends on
+    `masked_crc` instead)."""
 
-
-def header(length: int) -> bytes:
-    """The 12-byte record header for `length` bytes of data (memoized: records of one kind share lengths)."""
-    cached = _header_cache.get(length)
-    if cached is None:
+    def __missing__(self, length: int) -> bytes:
         packed = _LENGTH.pack(length)
-        cached = packed + FOOTER.pack(masked_crc(packed))
-        if len(_header_cache) < 4096:
-            _header_cache[length] = cached
-    return cached
+        head = packed + FOOTER.pack(masked_crc(packed))
+        if len(self) < 4096:
+            self[length] = head
+        return head
+
+
+header: Callable[[int], bytes] = _Headers().__getitem__  # the record header for `length` bytes of data
 
 
 def frame(data: bytes) -> bytes:
@@ -92,8 +99,10 @@ def iter_record_batches(file: str | os.PathLike[str], stacklevel: int = 2) -> It
     warning; a checksum mismatch raises ValueError naming the file and the record's byte offset.
     """
     name = os.fspath(file)
-    crc, unpack_header, unpack_footer = crc32c, HEADER.unpack_from, FOOTER.unpack_from
-    good_headers: set[bytes] = set()  # headers already checked: most records of a file share a few lengths
+    masked, unpack_header, unpack_footer = masked_crc, HEADER.unpack_from, FOOTER.unpack_from
+    # Lengths already checked, with their masked CRC: most records of a file share a few lengths, so most headers
+    # are checked with one dictionary lookup (no slice, no CRC).
+    good_lengths: dict[int, int] = {}
     with open(name, "rb") as stream:
         buffer = b""
         size = position = 0  # of the buffer; of the next record in it
@@ -110,16 +119,14 @@ def iter_record_batches(file: str | os.PathLike[str], stacklevel: int = 2) -> It
                     if buffer:
                         _warn_truncated(name, offset, stacklevel)
                     return
-            head = buffer[position : position + 12]
-            length, length_crc = unpack_header(head)
-            if head not in good_headers:
-                value = crc(head[:8])
-                if ((((value >> 15) | (value << 17)) & _M32) + _MASK_DELTA) & _M32 != length_crc:
+            length, length_crc = unpack_header(buffer, position)
+            if good_lengths.get(length) != length_crc:
+                if masked(buffer[position : position + 8]) != length_crc:
                     raise ValueError(
                         f"{name}: corrupted record at byte offset {offset + position} (length checksum mismatch)"
                     )
-                if len(good_headers) < 1024:
-                    good_headers.add(head)
+                if len(good_lengths) < 1024:
+                    good_lengths[length] = length_crc
             end = position + length + 16
             if end > size:
                 if batch:
@@ -132,17 +139,12 @@ def iter_record_batches(file: str | os.PathLike[str], stacklevel: int = 2) -> It
                     _warn_truncated(name, offset, stacklevel)
                     return
             data = buffer[position + 12 : end - 4]
-            value = crc(data)
-            if ((((value >> 15) | (value << 17)) & _M32) + _MASK_DELTA) & _M32 != unpack_footer(buffer, end - 4)[0]:
+            if masked(data) != unpack_footer(buffer, end - 4)[0]:
                 raise ValueError(
                     f"{name}: corrupted record at byte offset {offset + position} (data checksum mismatch)"
                 )
             batch.append((offset + position, data))
             position = end
-
-
-def _mask(crc: int) -> int:
-    return ((((crc >> 15) | (crc << 17)) & _M32) + _MASK_DELTA) & _M32
 
 
 def _warn_truncated(name: str, offset: int, stacklevel: int) -> None:

@@ -186,12 +186,16 @@ def test_truncated_last_record_is_skipped_with_a_warning(tmp_path: Path, cut: st
     assert [(step, value) for step, _, value in series["loss"]] == [(0, 1.0), (10, 2.0)]
 
 
-@pytest.mark.parametrize(("where", "reason"), [(0, "length checksum"), (12, "data checksum"), (-1, "data checksum")])
+@pytest.mark.parametrize(
+    ("where", "reason"), [(0, "length checksum"), (9, "length checksum"), (12, "data checksum"), (-1, "data checksum")]
+)
 def test_a_corrupted_byte_raises_with_the_offset(tmp_path: Path, where: int, reason: str) -> None:
     write_tbx_run(tmp_path, [1.0, 2.0, 3.0])
     file = only_file(tmp_path)
     second, third = record_offsets(file)[2:4]  # record 0 is the file_version event
-    position = second + where if where >= 0 else third - 5  # the length, the data's first and last byte
+    # The length, the length's checksum (of a length the first scalar already had: checked all the same), the
+    # data's first and last byte.
+    position = second + where if where >= 0 else third - 5
     data = bytearray(file.read_bytes())
     data[position] ^= 0x01
     file.write_bytes(bytes(data))
