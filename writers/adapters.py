@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from bidviz import compat
 from bidviz.writers import summaries
 from bidviz.writers.event_writer import EventWriter
 from bidviz.writers.summaries import HParamValue, encode_png, image_to_uint8_hwc, to_numpy
@@ -174,10 +175,8 @@ class _TbxAdapter(_Adapter):
         self._event = Event
 
     def _write(self, values: bytes, step: int) -> None:
-        # Straight to its EventsWriter (which has its own lock), past its queue: tensorboardX's flush() flushes the
-        # file without waiting for the queue, so events added just before a flush() could stay unwritten.
-        event = self._event.FromString(summaries.event(values, step))
-        self._writer._get_file_writer().event_writer._ev_writer.write_event(event)
+        # Past its queue when the compat route can (tensorboardX's flush() does not wait for the queue).
+        compat.tbx_write_event(self._writer, self._event.FromString(summaries.event(values, step)))
 
 
 class _TorchAdapter(_Adapter):
@@ -189,8 +188,8 @@ class _TorchAdapter(_Adapter):
         self._summary_class = Summary
 
     def _write(self, values: bytes, step: int) -> None:
-        # torch's flush() does wait for its queue, so its public path is fine.
-        self._writer._get_file_writer().add_summary(self._summary_class.FromString(values), step, time.time())
+        # torch's flush() does wait for its queue, so its FileWriter's public add_summary is fine.
+        compat.torch_file_writer(self._writer).add_summary(self._summary_class.FromString(values), step, time.time())
 
 
 class _TfAdapter(_Adapter):
