@@ -155,7 +155,12 @@ class HParamView(Mapping[str, Any]):
 
 # Optimizer values that are not worth tuning live, or are not numbers.
 _SKIP_KEYS = {"params", "name", "initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum"}
-_UNIT_KEYS = {"momentum", "dampening", "alpha", "rho", "lr_decay"}
+# Bounds of optimizer values by the names torch, Keras and optax give them; any other name is only >= 0.
+_BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    **dict.fromkeys(("momentum", "dampening", "alpha", "rho", "lr_decay", "ema_momentum"), (0.0, 1.0)),
+    **dict.fromkeys(("betas", "beta_1", "beta_2", "beta1", "beta2", "b1", "b2"), (0.0, 0.999999)),
+    "learning_rate_power": (None, 0.0),  # Keras' Ftrl: -0.5 by default, 0 for a fixed rate
+}
 
 
 def optimizer_hparams(optimizer: Any, scheduler: Any = None) -> list[HParam]:
@@ -173,7 +178,7 @@ def optimizer_hparams(optimizer: Any, scheduler: Any = None) -> list[HParam]:
             continue
         if kind == "tuple" and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             continue
-        lo, hi = _default_bounds(key)
+        lo, hi = default_bounds(key)
         if kind == "int":
             kind = "float"  # lr=1 is still a float hyperparameter
         targets: list[tuple[str, list[int]]] = [(key, list(range(len(groups))))]
@@ -194,12 +199,11 @@ def optimizer_hparams(optimizer: Any, scheduler: Any = None) -> list[HParam]:
     return out
 
 
-def _default_bounds(key: str) -> tuple[float | None, float | None]:
-    if key in _UNIT_KEYS:
-        return 0.0, 1.0
-    if key == "betas":
-        return 0.0, 0.999999
-    return 0.0, None
+def default_bounds(key: str) -> tuple[float | None, float | None]:
+    """Default `(min, max)` of an optimizer value by its name, whatever the framework (`momentum`, `rho`: 0..1;
+    `betas`, `beta_1`, `b1`...: 0..0.999999); any other name, `(0.0, None)`. The torch, Keras and JAX bindings all
+    use it."""
+    return _BOUNDS.get(key, (0.0, None))
 
 
 def _plain(value: Any) -> Any:

@@ -38,8 +38,8 @@ def _then(first: Callable[[Any], Any] | None, then: Callable[[], Any]) -> Callab
 
 
 def writer_dir(writer: Any) -> str | None:
-    """The directory a torch or tensorboardX SummaryWriter logs to."""
-    logdir = getattr(writer, "log_dir", None) or getattr(writer, "logdir", None)
+    """The directory a torch or tensorboardX SummaryWriter (or a `bidviz.writers.Writer`) logs to, if it says."""
+    logdir = getattr(writer, "log_dir", None) or getattr(writer, "logdir", None) or getattr(writer, "run_dir", None)
     return os.fspath(logdir) if logdir is not None else None
 
 
@@ -52,12 +52,3 @@ def run_dir_for(logdir: Any, writer: Any, writer_logdir: str | None, fallback: s
     if logdir is not None:
         return os.fspath(logdir), None
     return fallback, None
-
-
-def unit_bounds(key: str) -> tuple[float | None, float | None]:
-    """Default bounds of an optimizer value by its name (as the torch binding uses)."""
-    if key in ("momentum", "rho", "dampening", "alpha", "ema_momentum"):
-        return 0.0, 1.0
-    if key in ("beta_1", "beta_2", "b1", "b2", "beta1", "beta2"):
-        return 0.0, 0.999999
-    return 0.0, None

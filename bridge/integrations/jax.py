@@ -32,9 +32,8 @@ import numpy as np
 import optax
 
 from bidviz.bridge.core import Bridge
+from bidviz.bridge.hparams import default_bounds
 from bidviz.protocol import ProtocolError
-
-from ._common import unit_bounds
 
 __all__ = ["OptaxBinding", "bind_optax"]
 
@@ -77,7 +76,7 @@ class OptaxBinding:
             scheduled = any(key in (getattr(found[i][1], "hyperparams_states", None) or ()) for i in idx)
             targets = [(name, idx)] + ([(f"{name}@{n}", [i]) for n, i in enumerate(idx)] if len(idx) > 1 else [])
             for hp_name, where in targets:
-                lo, hi = unit_bounds(key)
+                lo, hi = default_bounds(key)
                 setter = self._refuser(hp_name) if scheduled else self._setter(key, where)
                 bridge.bind_hparam(hp_name, self._getter(key, where[0]), setter, min=lo, max=hi)
 

@@ -27,9 +27,10 @@ import keras
 from keras.optimizers.schedules import LearningRateSchedule
 
 from bidviz.bridge.core import Bridge
+from bidviz.bridge.hparams import default_bounds
 from bidviz.protocol import ProtocolError
 
-from ._common import HParamSpecs, register_hparams, unit_bounds
+from ._common import HParamSpecs, register_hparams
 
 __all__ = ["BIDVizCallback", "ScaledSchedule"]
 
@@ -109,7 +110,7 @@ class BIDVizCallback(keras.callbacks.Callback):  # type: ignore[misc]
         for key, value in config.items():
             if key in _SKIP or isinstance(value, bool) or not isinstance(value, float) or not hasattr(optimizer, key):
                 continue
-            lo, hi = unit_bounds(key)
+            lo, hi = default_bounds(key)
             bridge.bind_hparam(key, _attr_getter(optimizer, key), self._attr_setter(optimizer, key), min=lo, max=hi)
         register_hparams(bridge, self.hparam_specs, after_change=self._retrace)
 
