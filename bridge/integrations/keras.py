@@ -26,6 +26,7 @@ from typing import Any
 import keras
 from keras.optimizers.schedules import LearningRateSchedule
 
+from bidviz import compat
 from bidviz.bridge.core import Bridge
 from bidviz.bridge.hparams import default_bounds
 from bidviz.protocol import ProtocolError
@@ -90,11 +91,17 @@ class BIDVizCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self.hparam_specs = hparams
         self.bridge_kwargs = bridge_kwargs
         self.bridge: Bridge | None = None
+        self._fit_model: Any = None  # as Keras gave it: reading `self.model` on JAX syncs the training state
         self._step = 0
         self._epoch = 0
         self._jax = keras.backend.backend() == "jax"
 
     # -- Keras hooks ----------------------------------------------------------------------------------
+
+    def set_model(self, model: Any) -> None:
+        """Keep the model as Keras gives it, to reach it without syncing the JAX state."""
+        super().set_model(model)
+        self._fit_model = model
 
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
         """Start the bridge and bind the optimizer."""
@@ -126,25 +133,25 @@ class BIDVizCallback(keras.callbacks.Callback):  # type: ignore[misc]
         loss = logs.get("loss") if logs else None
         bridge.step(self._step, logs=logs, loss=loss, batch=batch, epoch=self._epoch)
         if bridge.should_stop:
-            self._model.stop_training = True
+            self._fit_model.stop_training = True
 
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
         """Close the bridge; an untouched schedule wrapper is taken off again."""
         if self.bridge is not None:
             self.bridge.close()
             self.bridge = None
-        optimizer = self._model.optimizer
-        lr = getattr(optimizer, "_learning_rate", None)
+        optimizer = self._fit_model.optimizer
+        lr = compat.keras_lr_schedule(optimizer)
         if isinstance(lr, ScaledSchedule) and lr.scale == 1.0:
-            optimizer._learning_rate = lr.schedule
+            optimizer.learning_rate = lr.schedule
 
     # -- binding --------------------------------------------------------------------------------------
 
     def _bind_lr(self, bridge: Bridge, model: Any, optimizer: Any) -> None:
-        lr = optimizer._learning_rate
-        if isinstance(lr, LearningRateSchedule):
-            wrapped = lr if isinstance(lr, ScaledSchedule) else ScaledSchedule(lr)
-            optimizer._learning_rate = wrapped
+        schedule = compat.keras_lr_schedule(optimizer)
+        if schedule is not None:
+            wrapped = schedule if isinstance(schedule, ScaledSchedule) else ScaledSchedule(schedule)
+            optimizer.learning_rate = wrapped  # Keras 3's public setter takes a schedule
 
             def get() -> float:  # from our step count: on JAX the iterations variable is empty during an epoch
                 return _host(wrapped(self._step))
@@ -160,7 +167,9 @@ class BIDVizCallback(keras.callbacks.Callback):  # type: ignore[misc]
                 self._retrace()
 
             bridge.bind_hparam("lr", get, set, type="float", min=0.0)
-        elif isinstance(lr, keras.Variable):
+            return
+        lr = optimizer.learning_rate  # public: the variable itself when it is one, else a callable's current value
+        if isinstance(lr, keras.Variable):
             last = [_host(lr)]
 
             def get_variable() -> float:
@@ -176,7 +185,7 @@ class BIDVizCallback(keras.callbacks.Callback):  # type: ignore[misc]
                 last[0] = value
 
             bridge.bind_hparam("lr", get_variable, set_variable, type="float", min=0.0)
-        elif callable(lr):
+        else:  # a plain callable, whose value the public getter gives
 
             def refuse(value: float) -> None:
                 raise ProtocolError(
@@ -185,11 +194,11 @@ class BIDVizCallback(keras.callbacks.Callback):  # type: ignore[misc]
                     type="NotSettable",
                 )
 
-            bridge.bind_hparam("lr", lambda: _host(lr()), refuse, type="float", min=0.0)
+            bridge.bind_hparam("lr", lambda: _host(optimizer.learning_rate), refuse, type="float", min=0.0)
 
     def _variables_live(self) -> bool:
         """False while the JAX trainer holds the training state outside the model's (then empty) variables."""
-        return not self._jax or bool(getattr(self._model, "_jax_state_synced", True))
+        return not self._jax or compat.keras_jax_state_synced(self._fit_model)
 
     def _attr_setter(self, optimizer: Any, key: str) -> Callable[[Any], None]:
         def set(value: Any) -> None:
@@ -200,7 +209,7 @@ class BIDVizCallback(keras.callbacks.Callback):  # type: ignore[misc]
 
     def _retrace(self) -> None:
         """A Python number changed inside the compiled JAX train step: rebuild it (one recompilation)."""
-        model = self._model
+        model = self._fit_model
         if self._jax and getattr(model, "train_function", None) is not None:
             model.make_train_function(force=True)
 
