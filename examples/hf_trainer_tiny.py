@@ -86,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         dataloader_num_workers=0,
         seed=0,
     )
-    callbacks: list[Any] = [BIDVizCallback()]
-    if args.delay > 0:
-        callbacks.append(Delay(args.delay))
+    callbacks: list[Any] = [Delay(args.delay)] if args.delay > 0 else []
     trainer = Trainer(model=model, args=training_args, train_dataset=Counting(4096), callbacks=callbacks)
+    # Given the trainer, the bridge finds the Trainer's TensorBoard writer among its callbacks and writes through it.
+    trainer.add_callback(BIDVizCallback(trainer=trainer))
     if not args.quiet:
         print_help(run_dir)
     result = trainer.train()

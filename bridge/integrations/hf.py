@@ -1,23 +1,25 @@
-"""Hugging Face `transformers.Trainer`: `Trainer(..., callbacks=[BIDVizCallback()])`.
+"""Hugging Face `transformers.Trainer`: `trainer.add_callback(BIDVizCallback(trainer=trainer))`.
 
 When training begins (the optimizer and LR scheduler exist by then) the bridge binds the optimizer's values (`lr`,
 `betas`, `weight_decay`, `eps`...) and the scheduler, so a set `lr` survives the scheduler's next step (it is
 rescaled, as in the core). With `report_to="tensorboard"` it writes through the Trainer's own TensorBoard writer,
-so its series land in the same run as `train/loss`. It steps at every `on_step_end` with `state.global_step`; a
-`stop` sets `control.should_training_stop`, so the Trainer ends its loop its own way (`on_train_end`, the returned
+so its series land in the same run (and event file) as `train/loss`: found among the callbacks of the `trainer`
+you give it, or the `writer=` you gave the Trainer's `TensorBoardCallback` too. Given neither (as in
+`Trainer(..., callbacks=[BIDVizCallback()])`), it looks for the Trainer among its callers, a last resort
+(`bidviz.compat.hf_callbacks_of_caller`). It steps at every `on_step_end` with `state.global_step`; a `stop` sets
+`control.should_training_stop`, so the Trainer ends its loop its own way (`on_train_end`, the returned
 `TrainOutput`). Only the main process (`state.is_world_process_zero`) runs a bridge.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_callback import CallbackHandler
 
+from bidviz import compat
 from bidviz.bridge.core import Bridge
 
 from ._common import HParamSpecs, register_hparams, run_dir_for, writer_dir
@@ -31,6 +33,10 @@ class BIDVizCallback(TrainerCallback):  # type: ignore[misc]
     Args:
         logdir: the run directory; by default the directory of the Trainer's TensorBoard writer (written through
             it), or `<output_dir>/bidviz` when it does not report to TensorBoard.
+        trainer: the `Trainer` this callback is added to, for its TensorBoard writer (found at `on_train_begin`
+            among `trainer.callback_handler.callbacks`).
+        writer: a writer to write through instead (see `Bridge(writer=)`), e.g. the `tb_writer` you gave the
+            Trainer's `TensorBoardCallback`; the run directory is then `logdir`, or the writer's own.
         namespace: extra names for metric code and `eval`.
         hparams: your own tunable values, `{"dropout": 0.1}` or `{"dropout": {"value": 0.1, "on_change": f}}`.
         **bridge_kwargs: passed to `Bridge` (`secret`, `resume`, `poll_interval`, `hook_budget`, `flush_secs`).
@@ -44,11 +50,15 @@ class BIDVizCallback(TrainerCallback):  # type: ignore[misc]
         self,
         logdir: str | os.PathLike[str] | None = None,
         *,
+        trainer: Any = None,
+        writer: Any = None,
         namespace: Mapping[str, Any] | None = None,
         hparams: HParamSpecs | None = None,
         **bridge_kwargs: Any,
     ) -> None:
         self.logdir = logdir
+        self.trainer = trainer
+        self.writer = writer
         self.namespace = dict(namespace or {})
         self.hparam_specs = hparams
         self.bridge_kwargs = bridge_kwargs
@@ -60,7 +70,7 @@ class BIDVizCallback(TrainerCallback):  # type: ignore[misc]
         """Start the bridge; bind the optimizer and its LR scheduler."""
         if not state.is_world_process_zero or self.bridge is not None:
             return
-        run_dir, writer = self._where(args, _siblings(sys._getframe(1)))
+        run_dir, writer = self._where(args)
         ns = {
             "model": kwargs.get("model"),
             "state": state,  # in `eval`; metric code has its own `state` dict, so it reads `trainer_state`
@@ -107,26 +117,31 @@ class BIDVizCallback(TrainerCallback):  # type: ignore[misc]
             self.bridge.close()
             self.bridge = None
 
-    def _where(self, args: TrainingArguments, siblings: list[Any]) -> tuple[str, Any]:
-        from transformers.integrations import TensorBoardCallback
-
-        tb = next((cb for cb in siblings if isinstance(cb, TensorBoardCallback)), None)
-        writer = getattr(tb, "tb_writer", None)
+    def _where(self, args: TrainingArguments) -> tuple[str, Any]:
+        """The run directory and the writer to write through (None: the bridge makes its own)."""
+        if self.writer is not None:
+            run_dir = self.logdir if self.logdir is not None else writer_dir(self.writer)
+            if run_dir is None:
+                raise ValueError(
+                    f"BIDVizCallback(writer=) got a {type(self.writer).__qualname__}, which does not tell its "
+                    "directory; pass logdir= too"
+                )
+            return os.fspath(run_dir), self.writer
+        writer = self._trainer_writer()
         tb_dir = writer_dir(writer) if writer is not None else None
         return run_dir_for(self.logdir, writer, tb_dir, os.path.join(args.output_dir, "bidviz"))
 
+    def _trainer_writer(self) -> Any:
+        """The writer of the Trainer's `TensorBoardCallback` (which opened it in its own `on_train_begin`, called
+        before ours), or None. Called from `on_train_begin` only: the caller lookup counts the frames from there."""
+        from transformers.integrations import TensorBoardCallback
 
-def _siblings(frame: Any) -> list[Any]:
-    """The Trainer's callbacks. A callback is not told about the others, but it is called from the
-    `CallbackHandler.call_event` that holds them all, so look for it among the callers."""
-    for _ in range(4):
-        if frame is None:
-            break
-        handler = frame.f_locals.get("self")
-        if isinstance(handler, CallbackHandler):
-            return list(handler.callbacks)
-        frame = frame.f_back
-    return []
+        if self.trainer is not None:
+            callbacks = list(self.trainer.callback_handler.callbacks)
+        else:
+            callbacks = compat.hf_callbacks_of_caller() or []
+        tb = next((cb for cb in callbacks if isinstance(cb, TensorBoardCallback)), None)
+        return getattr(tb, "tb_writer", None)
 
 
 def _unwrap_scheduler(scheduler: Any) -> Any:
