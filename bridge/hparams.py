@@ -14,7 +14,7 @@ _TYPES: dict[str, type] = {"float": float, "int": int, "bool": bool, "str": str,
 CHANGES_KEPT = 20
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int):
@@ -27,7 +27,7 @@ def _type_name(value: Any) -> str:
         return "tuple"
     item = getattr(value, "item", None)  # 0-d tensors and numpy scalars
     if callable(item):
-        return _type_name(item())
+        return type_name(item())
     raise TypeError(f"hyperparameter values must be float, int, bool, str or a tuple of numbers; got {value!r}")
 
 
@@ -171,7 +171,7 @@ def optimizer_hparams(optimizer: Any, scheduler: Any = None) -> list[HParam]:
         if key in _SKIP_KEYS or isinstance(value, bool) or value is None:
             continue
         try:
-            kind = _type_name(value)
+            kind = type_name(value)
         except TypeError:
             continue
         if kind not in ("float", "int", "tuple"):

@@ -3,18 +3,26 @@
 A monitor thread looks every ~100 ms at which hook is running since when; past its budget, it raises
 `MetricTimeout` inside the training thread (`PyThreadState_SetAsyncExc`). The training thread clears a pending
 interrupt that arrives after its hook has already returned, so it never escapes into the user's loop. A hook
-blocked inside one long C call (a sleep, a huge matmul) is interrupted when that call returns.
+blocked inside one long C call (a sleep, a read, a huge matmul) cannot be interrupted by anything but a signal; it
+is interrupted when that call returns (so `time.sleep(100)` in a metric stalls training for 100 s, then the metric
+is disabled). `os._exit()` and a crash of native code end the process: out of any hook's reach.
+
+User code may raise anything. `is_real_ctrl_c` tells the user's own Ctrl-C (a SIGINT the process received while
+the hook ran) from a `KeyboardInterrupt` the code raised itself: the first ends training as it would without
+BIDViz; every other BaseException (SystemExit, KeyboardInterrupt raised by the code, a BaseException subclass) is
+the hook's failure.
 """
 
 from __future__ import annotations
 
 import ctypes
+import signal
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from .metrics import MetricTimeout
+from bidviz.errors import MetricTimeout, UserCodeExit
 
 _set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
 _set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
@@ -51,14 +59,18 @@ class HookTimer:
         return fired
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """`fn(*args)` in this thread under the budget; MetricTimeout if it ran past it (whatever else it raised)."""
+        """`fn(*args)` in this thread under the budget; MetricTimeout if it ran past it (whatever else it raised).
+        A BaseException that is not an Exception comes out as UserCodeExit, except the process's own Ctrl-C."""
+        started = time.monotonic()
         self.start(threading.get_ident())
         try:
             value = fn(*args)
-        except BaseException:
+        except BaseException as e:
             if self._finished():
                 raise MetricTimeout(f"ran longer than its {self.budget:g} s budget and was interrupted") from None
-            raise
+            if isinstance(e, Exception) or is_real_ctrl_c(e, started):
+                raise
+            raise as_failure(e) from e
         if self._finished():
             raise MetricTimeout(f"ran longer than its {self.budget:g} s budget and was interrupted")
         return value
@@ -83,3 +95,45 @@ class HookTimer:
 
     def close(self) -> None:
         self._closed.set()
+
+
+_last_sigint = 0.0  # monotonic time of the last SIGINT, when our marker is installed
+_marker_installed = False
+
+
+def _marker(signum: int, frame: Any) -> None:
+    global _last_sigint
+    _last_sigint = time.monotonic()
+    signal.default_int_handler(signum, frame)
+
+
+def mark_ctrl_c() -> None:
+    """Note the time of each SIGINT, so a hook's KeyboardInterrupt can be told apart from the user's Ctrl-C. Only
+    where Python's own handler is in place (the user's own handler is left alone) and from the main thread."""
+    global _marker_installed
+    if _marker_installed or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _marker)
+        _marker_installed = True
+
+
+def is_real_ctrl_c(exc: BaseException, started: float) -> bool:
+    """True when `exc` is the process's own Ctrl-C: a KeyboardInterrupt while a SIGINT arrived since `started`
+    (or any KeyboardInterrupt, where the marker could not be installed and the two cannot be told apart)."""
+    if not isinstance(exc, KeyboardInterrupt):
+        return False
+    return _last_sigint >= started if _marker_installed else True
+
+
+def as_failure(exc: BaseException) -> BaseException:
+    """What a hook's BaseException is reported as: itself when it is an Exception, else a UserCodeExit naming it
+    (its traceback kept), so it can never end the training loop."""
+    if isinstance(exc, Exception):
+        return exc
+    err = UserCodeExit(
+        f"{type(exc).__name__}({', '.join(map(repr, exc.args))}) raised by user code; training goes on "
+        "(a hook cannot end the training loop: use the stop command)"
+    )
+    err.__cause__ = exc
+    return err.with_traceback(exc.__traceback__)

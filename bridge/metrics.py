@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bidviz.errors import MetricTimeout, ProtocolError
+from bidviz.errors import ProtocolError, UserCodeExit
 from bidviz.protocol import to_json_value
 from bidviz.writers.adapters import to_numpy
 
@@ -144,7 +144,6 @@ def _syntax_error(e: SyntaxError, code: str | None) -> ProtocolError:
     text = (e.text or "").rstrip("\n")
     caret = f"\n    {text}\n    {' ' * max((e.offset or 1) - 1, 0)}^" if text else ""
     err = ProtocolError(f"{e.msg} ({where}){caret}", type="SyntaxError", line=e.lineno)
-    err.column = e.offset  # type: ignore[attr-defined]
     return err
 
 
@@ -158,6 +157,16 @@ def error_info(exc: BaseException, filename_prefix: str = "<") -> dict[str, Any]
     line = next((f.lineno for f in reversed(frames) if f.filename.startswith(filename_prefix)), None)
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     return {"type": type(exc).__name__, "message": str(exc), "traceback": text, "line": line}
+
+
+def failure_info(exc: BaseException, filename_prefix: str) -> dict[str, Any]:
+    """`error_info` of what user code raised, saying so when it was a BaseException meant to end a program."""
+    original = exc.__cause__ if isinstance(exc, UserCodeExit) and exc.__cause__ is not None else exc
+    info = error_info(original, filename_prefix)
+    if not isinstance(original, Exception):
+        said = f"{info['type']}({info['message']})" if info["message"] else info["type"]
+        info["message"] = f"{said} raised by user code; training goes on (the stop command ends a run)"
+    return info
 
 
 @dataclass
@@ -176,6 +185,7 @@ class Metric:
     errors_in_row: int = 0
     last_error: dict[str, Any] | None = None
     recent: deque[tuple[int, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_KEPT))
+    threads_left: int = 0  # runs in a row after which more threads ran than before
 
     def record_value(self, step: int, shown: Any) -> None:
         self.errors_in_row = 0

@@ -16,7 +16,7 @@ from bidviz import BridgeBusyError, protocol
 from bidviz.channel import Mailbox
 
 
-def test_kill_9_while_applying_then_restart_applies_the_command_once(start_trainer, tmp_path):
+def test_kill_9_while_applying_an_eval_answers_it_interrupted_and_never_runs_it_twice(start_trainer, tmp_path):
     marker = tmp_path / "marker.txt"
     code = f"open({str(marker)!r}, 'a').write('ran\\n')\ntime.sleep(float(os.environ.get('SLOW', '0')))\n'done'"
     first = start_trainer(env={"SLOW": "60"})
@@ -28,15 +28,31 @@ def test_kill_9_while_applying_then_restart_applies_the_command_once(start_train
     first.proc.send_signal(signal.SIGKILL)
     first.kill()
     assert first.mailbox.read_response(cid) is None
-    assert journal_commands(first.mailbox, cid) == []
+    applying = [e for e in first.mailbox.iter_journal() if e.get("event") == "applying"]
+    assert [c["id"] for e in applying for c in e["commands"]] == [cid], "journaled as applying before it ran"
 
     second = start_trainer(env={"SLOW": "0"})
     resp = second.mailbox.wait_response(cid, 20)
-    assert resp is not None and resp["status"] == "applied" and resp["result"] == "done"
-    assert marker.read_text() == "ran\nran\n", "applied once more after the restart, since it never completed"
-    time.sleep(1.0)  # the watcher and the step path both looked at the inbox meanwhile
+    assert resp is not None and resp["status"] == "failed", resp
+    assert resp["error"]["type"] == "Interrupted" and "not run again" in resp["error"]["message"]
+    time.sleep(1.0)
+    assert marker.read_text() == "ran\n", "never run a second time"
     assert len(journal_commands(second.mailbox, cid)) == 1
-    assert marker.read_text() == "ran\nran\n"
+    assert list(second.mailbox.inbox.iterdir()) == []
+
+
+def test_kill_9_while_setting_a_value_reapplies_it_since_it_is_idempotent(start_trainer):
+    first = start_trainer(env={"SLOW_SETTER": "60"})
+    cid = first.send("set_hparam", name="slow_setter", value=5)
+    first.wait_for(lambda s: s["pending"] == 0, what="the set taken")
+    time.sleep(0.5)
+    first.proc.send_signal(signal.SIGKILL)
+    first.kill()
+    assert first.mailbox.read_response(cid) is None
+    second = start_trainer()
+    resp = second.mailbox.wait_response(cid, 20)
+    assert resp is not None and resp["status"] == "applied", resp
+    assert second.call("eval", code="bridge.hparams['slow_setter']")["result"] == 5
 
 
 def test_journaled_command_found_again_after_crash_is_answered_not_reapplied(start_trainer, tmp_path):

@@ -71,7 +71,7 @@ def test_unparseable_files_get_a_response_named_by_the_file(trainer, body, error
             "set_hparam",
             {"name": "nope", "value": 1},
             "UnknownName",
-            "dampening, dropout, lr, mode, momentum, weight_decay",
+            "dampening, dropout, lr, mode, momentum, slow_setter, weight_decay",
         ),
         ("set_hparam", {"name": "lr", "value": "fast"}, "WrongType", "lr takes a number; received 'fast'"),
         ("set_hparam", {"name": "lr", "value": True}, "WrongType", "received True"),

@@ -41,6 +41,7 @@ with Bridge(
     bridge.bind_optimizer(optimizer, scheduler)
     bridge.hparam("dropout", 0.1, min=0.0, max=0.9, on_change=seen_dropout.append)
     bridge.hparam("mode", "fast", choices=["fast", "slow"])
+    bridge.hparam("slow_setter", 0, on_change=lambda v: time.sleep(float(os.environ.get("SLOW_SETTER", "0"))))
     print("READY", flush=True)
     step = 0
     while not bridge.should_stop and (a.steps <= 0 or step < a.steps):

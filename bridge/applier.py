@@ -1,0 +1,66 @@
+"""The applier: runs admitted commands at a step boundary, in the training thread, through the kinds table.
+
+Every outcome is an answer: `applied` with the rendered result, `rejected` (a ProtocolError: a name or value
+that does not fit), or `failed` (anything user code raised, a BaseException included). Only the process's own
+Ctrl-C leaves, after its command is answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bidviz.errors import MetricTimeout, ProtocolError
+
+from .admission import Admitted
+from .effects import BEHAVIOURS, Rendered, Runtime, render
+from .handoff import Handoff
+from .metrics import error_info, failure_info
+
+Outcome = tuple[str, Rendered | None, dict[str, Any] | None]
+#: answers one command: (item, status, rendered result, error)
+Answer = Callable[[Admitted, str, Rendered | None, dict[str, Any] | None], None]
+
+
+def outcome(run: Callable[[], Any]) -> Outcome:
+    """Run one command's effect; its status, rendered result and error. KeyboardInterrupt (the user's own Ctrl-C:
+    the hook timer turns any other into a failure) is the only exception that leaves."""
+    try:
+        result = run()
+    except ProtocolError as e:
+        return "rejected", None, e.as_error()
+    except MetricTimeout as e:
+        return "failed", None, error_info(MetricTimeout(f"eval {e}"), "<eval")
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # noqa: BLE001 - any failure of user code is its answer
+        return "failed", None, failure_info(e, "<eval")
+    return "applied", result if isinstance(result, Rendered) else render(result), None
+
+
+class Applier:
+    def __init__(self, runtime: Runtime, handoff: Handoff, answer: Answer, journal_ahead: Callable[..., None]) -> None:
+        self.runtime = runtime
+        self.handoff = handoff
+        self._answer = answer
+        self._journal_ahead = journal_ahead
+
+    def apply_pending(self) -> None:
+        """Everything handed off so far, in order; risky kinds journaled as `applying` first (write-ahead)."""
+        batch = []
+        while (item := self.handoff.take()) is not None:
+            batch.append(item)
+        if not batch:
+            return
+        risky = [i for i in batch if not BEHAVIOURS[i.command.kind].kind.idempotent]
+        if risky:
+            self._journal_ahead(risky, self.runtime.control.at)
+        for n, item in enumerate(batch):
+            behaviour = BEHAVIOURS[item.command.kind]
+            try:
+                status, rendered, error = outcome(lambda: behaviour.apply(self.runtime, item))  # noqa: B023
+            except KeyboardInterrupt as e:
+                self._answer(item, "failed", None, error_info(e, "<eval"))
+                self.handoff.put_back(batch[n + 1 :])
+                raise
+            self._answer(item, status, rendered, error)

@@ -1,0 +1,298 @@
+"""What each command kind does inside training: the behaviours `bidviz.kinds` names for each kind.
+
+- `admit` runs in the mailroom thread: checks against the registry and compiles code, raising ProtocolError.
+- `apply` runs in the training thread at a step boundary (an `eval` with `now` in the mailroom thread) and returns
+  the command's result.
+- `replay` folds one applied command of a journal into what a resumed run restores (`replay.Restored`).
+
+Nothing here dispatches on a kind's name: `BEHAVIOURS` resolves the table's names once.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from bidviz import kinds, protocol
+from bidviz.errors import ProtocolError
+from bidviz.protocol import Command
+
+from .diagnostics import PACK
+from .metrics import compile_eval, compile_metric
+
+if TYPE_CHECKING:
+    from .admission import Admitted
+    from .interrupt import HookTimer
+    from .registry import Control, Registry
+    from .replay import Restored
+
+RESULT_LIMIT = 64_000  # characters of a result's repr, and of its JSON, in a response
+
+
+@dataclass
+class Runtime:
+    """What an effect may touch: the registry, the loop's control flags, the hook budget."""
+
+    registry: Registry
+    control: Control
+    timer: HookTimer
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A user's value made safe to send: its JSON (None when JSON cannot hold it) and its repr, both bounded.
+    Made inside the hook budget, since `repr` and conversions run user code."""
+
+    result: Any
+    text: str
+
+
+# -- errors every client sees the same way -------------------------------------------------------------------------
+
+
+def unknown_hparam(name: str, known: Iterable[str]) -> ProtocolError:
+    return ProtocolError(
+        f"no hyperparameter {name!r}; registered: {', '.join(sorted(known)) or '(none)'}", type="UnknownName"
+    )
+
+
+def unknown_metric(name: str, known: Iterable[str]) -> ProtocolError:
+    return ProtocolError(f"no metric {name!r}; metrics: {', '.join(sorted(known)) or '(none)'}", type="UnknownName")
+
+
+def metric_exists(name: str) -> ProtocolError:
+    return ProtocolError(
+        f"a metric named {name!r} exists; pass replace=true (CLI: --replace) to change its code", type="NameTaken"
+    )
+
+
+def render(value: Any) -> Rendered:
+    """The JSON and repr of a result, each within RESULT_LIMIT (with a note of the full size when cut)."""
+    try:
+        result = protocol.to_json_value(value)
+        if len(protocol.dumps(result)) > RESULT_LIMIT:
+            result = None
+    except Exception:  # noqa: BLE001 - not JSON, or a container whose methods raise: the repr still says it
+        result = None
+    try:
+        text = repr(value)
+    except Exception as e:  # noqa: BLE001 - a broken __repr__ is not the command's failure
+        text = f"<repr failed: {type(e).__name__}: {e}>"
+    if not isinstance(text, str):
+        text = f"<repr returned {type(text).__name__}, not str>"
+    if len(text) > RESULT_LIMIT:
+        text = f"{text[:RESULT_LIMIT]}... (cut: {len(text)} characters in all)"
+    return Rendered(result, text)
+
+
+# -- set_hparam --------------------------------------------------------------------------------------------------------
+
+
+def _values(args: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(args["values"]) if "values" in args else {args["name"]: args["value"]}
+
+
+def admit_values(rt: Registry, cmd: Command) -> None:
+    known = rt.hparam_names()
+    if known is None:
+        return None  # before the first step the loop may still register them: checked when applied
+    for name in _values(cmd.args):
+        if name not in known:
+            raise unknown_hparam(name, known)
+    return None
+
+
+def assign_values(rt: Runtime, item: Admitted) -> Any:
+    """All values coerced and checked first; then assigned together (each setter and `on_change` inside the hook
+    budget); if one assignment raises, the ones before it are put back, so a change applies whole or not at all."""
+    reg = rt.registry
+    values = _values(item.command.args)
+    coerced = {}
+    for name, value in values.items():
+        hp = reg.hparams.get(name)
+        if hp is None:
+            raise unknown_hparam(name, reg.hparams)
+        coerced[name] = hp.coerce(value)
+    done: list[tuple[str, Any]] = []
+    results = []
+    try:
+        for name, value in coerced.items():
+            old = reg.hparams[name].current()
+            results.append(rt.timer.call(reg.assign, name, value, item.command.sender))
+            done.append((name, old))
+    except BaseException:
+        for name, old in reversed(done):
+            try:
+                rt.timer.call(reg.assign, name, old, f"{item.command.sender} (undone: a later value failed)")
+            except BaseException:  # noqa: BLE001, S110 - the original error is the answer; keep undoing the rest
+                pass
+        raise
+    return results[0] if "values" not in item.command.args else {r["name"]: r for r in results}
+
+
+def restore_values(state: Restored, args: Mapping[str, Any], sender: str) -> None:
+    state.hparams.update(_values(args))
+
+
+# -- metrics -------------------------------------------------------------------------------------------------------
+
+
+def compile_metric_code(rt: Registry, cmd: Command) -> types.CodeType:
+    args = cmd.args
+    if args["name"] in rt.metric_names() and not args["replace"]:
+        raise metric_exists(args["name"])
+    return compile_metric(args["name"], args["code"])
+
+
+def install_metric(rt: Runtime, item: Admitted) -> Any:
+    args = item.command.args
+    reg = rt.registry
+    with reg.lock:
+        if args["name"] in reg.metrics and not args["replace"]:
+            raise metric_exists(args["name"])
+        reg.install(args, item.code, item.command.sender)
+    return {"name": args["name"], "tag": f"bidviz/{args['name']}"}
+
+
+def restore_metric(state: Restored, args: Mapping[str, Any], sender: str) -> None:
+    state.metrics[args["name"]] = {**args, "status": "running", "sender": sender}
+
+
+def require_metric(rt: Registry, cmd: Command) -> None:
+    if cmd.args["name"] not in rt.metric_names():
+        raise unknown_metric(cmd.args["name"], rt.metric_names())
+
+
+def _set_status(rt: Runtime, item: Admitted, status: str) -> Any:
+    reg = rt.registry
+    with reg.lock:
+        m = reg.metric(item.command.args["name"])
+        if status == "removed":
+            del reg.metrics[m.name]
+        else:
+            m.status = status
+            m.errors_in_row = 0
+        reg.refresh()
+    return {"name": m.name, "status": status}
+
+
+def drop_metric(rt: Runtime, item: Admitted) -> Any:
+    return _set_status(rt, item, "removed")
+
+
+def hold_metric(rt: Runtime, item: Admitted) -> Any:
+    return _set_status(rt, item, "paused")
+
+
+def rerun_metric(rt: Runtime, item: Admitted) -> Any:
+    return _set_status(rt, item, "running")
+
+
+def restore_drop(state: Restored, args: Mapping[str, Any], sender: str) -> None:
+    state.metrics.pop(args["name"], None)
+
+
+def restore_hold(state: Restored, args: Mapping[str, Any], sender: str) -> None:
+    if args["name"] in state.metrics:
+        state.metrics[args["name"]]["status"] = "paused"
+
+
+def restore_rerun(state: Restored, args: Mapping[str, Any], sender: str) -> None:
+    if args["name"] in state.metrics:
+        state.metrics[args["name"]]["status"] = "running"
+
+
+def _pack_specs(every: int) -> list[dict[str, Any]]:
+    """The diagnostics pack as add_metric args: the one place it is spelled out."""
+    return [{"name": name, "code": src, "every": every, "kind": "auto", "replace": True} for name, src in PACK.items()]
+
+
+def compile_pack(rt: Registry, cmd: Command) -> dict[str, types.CodeType]:
+    return {spec["name"]: compile_metric(spec["name"], spec["code"]) for spec in _pack_specs(1)}
+
+
+def install_pack(rt: Runtime, item: Admitted) -> Any:
+    with rt.registry.lock:
+        for spec in _pack_specs(item.command.args["every"]):
+            rt.registry.install(spec, item.code[spec["name"]], item.command.sender)
+    return list(item.code)
+
+
+def restore_pack(state: Restored, args: Mapping[str, Any], sender: str) -> None:
+    for spec in _pack_specs(args.get("every", 1)):
+        state.metrics[spec["name"]] = {**spec, "status": "running", "sender": sender}
+
+
+def install_pack_now(registry: Registry, every: int, sender: str) -> list[str]:
+    """`Bridge.enable_diagnostics`: the pack from code."""
+    with registry.lock:
+        for spec in _pack_specs(every):
+            registry.install(spec, compile_metric(spec["name"], spec["code"]), sender)
+    return list(PACK)
+
+
+# -- eval ----------------------------------------------------------------------------------------------------------
+
+
+def compile_terminal(rt: Registry, cmd: Command) -> Any:
+    return compile_eval(cmd.args["code"])
+
+
+def run_code(code: tuple[types.CodeType | None, types.CodeType | None], namespace: dict[str, Any]) -> Rendered:
+    """Statements, then the last expression's value, rendered: all of it user code, run inside the budget."""
+    stmts, expr = code
+    if stmts is not None:
+        exec(stmts, namespace)
+    return render(eval(expr, namespace) if expr is not None else None)
+
+
+def run_terminal(rt: Runtime, item: Admitted) -> Any:
+    return rt.timer.call(run_code, item.code, rt.registry.namespace)
+
+
+# -- pause, resume, stop -------------------------------------------------------------------------------------------
+
+
+def hold_training(rt: Runtime, item: Admitted) -> Any:
+    rt.control.paused = True
+    rt.registry.changed = True
+    return True
+
+
+def release_training(rt: Runtime, item: Admitted) -> Any:
+    rt.control.paused = False
+    rt.registry.changed = True
+    return False
+
+
+def end_training(rt: Runtime, item: Admitted) -> Any:
+    rt.control.should_stop = True
+    rt.control.paused = False
+    rt.registry.changed = True
+    return True
+
+
+# -- the table's names, resolved once ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    kind: kinds.Kind
+    admit: Callable[[Registry, Command], Any] | None
+    apply: Callable[[Runtime, Admitted], Any]
+    replay: Callable[[Restored, Mapping[str, Any], str], None] | None
+
+
+def _resolve(name: str | None) -> Any:
+    if name is None:
+        return None
+    fn = globals().get(name)
+    assert callable(fn), f"bidviz.kinds names {name!r}, which bidviz.bridge.effects does not define"
+    return fn
+
+
+BEHAVIOURS: dict[str, Behaviour] = {
+    k.name: Behaviour(k, _resolve(k.admit), _resolve(k.apply), _resolve(k.replay)) for k in kinds.KINDS.values()
+}

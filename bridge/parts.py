@@ -1,0 +1,287 @@
+"""The wiring of one Bridge: its parts made in order (and released in reverse if one fails), the slow path of
+`step()`, the mailroom's periodic tick, the state snapshot and the shutdown.
+
+Holds no reference to the `Bridge` object itself (only a proxy in the metric namespace), so a bridge the user
+forgets is closed when it is collected, or at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+import os
+import socket
+import sys
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from bidviz import protocol
+from bidviz.channel import Mailbox, OwnerLock
+from bidviz.errors import ProtocolError
+
+from .admission import Admitted
+from .applier import Applier
+from .effects import Rendered, Runtime
+from .handoff import Handoff
+from .interrupt import HookTimer, mark_ctrl_c
+from .mailroom import Mailroom
+from .metrics import Metric, compile_metric, error_info
+from .recorder import STATE_SECONDS, Recorder, build_response
+from .registry import Control, Registry
+from .replay import Restored, read_lines, replay
+from .runner import MetricRunner
+
+HEARTBEAT_SECONDS = 1.0
+CHECK_SECONDS = 0.01
+
+
+class Parts:
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        writer: Any,
+        namespace: Mapping[str, Any] | None,
+        *,
+        bridge: Any,
+        poke: Callable[[], None],
+        secret: str | None,
+        resume: bool,
+        poll_interval: float | None,
+        hook_budget: float,
+        flush_secs: float,
+    ) -> None:
+        from bidviz.writers import as_writer
+
+        self.run_dir = Path(run_dir)
+        self.secret = secret if secret is not None else protocol.env_secret()
+        self.flush_secs = flush_secs
+        self.hook_budget = hook_budget
+        self.started_at = time.time()
+        self.poke = poke
+        with ExitStack() as undo:  # a constructor that fails releases everything it took
+            self.mailbox = Mailbox(self.run_dir)
+            self.mailbox.create()
+            self.owner = OwnerLock(self.mailbox)
+            self.owner.acquire()
+            undo.callback(self.owner.release)
+            self.writer = as_writer(writer, run_dir=str(self.run_dir), flush_secs=flush_secs)
+            self.writer.flush()  # the event file exists from the start, so TensorBoard lists the run
+            self.control = Control()
+            self.namespace = _namespace(namespace, weakref.proxy(bridge))
+            self.registry = Registry(self.writer, self.control, self.namespace)
+            self.namespace["hparams"] = self.registry.view
+            self.registry.on_metrics_changed = poke
+            self.timer, self.now_timer = HookTimer(hook_budget), HookTimer(hook_budget)
+            undo.callback(self.timer.close)
+            undo.callback(self.now_timer.close)
+            self.runtime = Runtime(self.registry, self.control, self.timer)
+            self.handoff = Handoff()
+            self.handoff.on_put = poke
+            self.recorder = Recorder(self.mailbox, self.snapshot)
+            undo.callback(self.recorder.close)
+            self.registry.on_restore_failed = self._restore_failed
+            self.applier = Applier(self.runtime, self.handoff, self.answer, self.recorder.applying)
+            self.runner = MetricRunner(self.registry, self.timer, self.journal)
+            self.mailroom = Mailroom(
+                self.mailbox.inbox,
+                secret=self.secret,
+                runtime=self.runtime,
+                handoff=self.handoff,
+                recorder=self.recorder,
+                now_timer=self.now_timer,
+                on_tick=self.tick,
+                poll_interval=poll_interval,
+            )
+            restored = self._replay(resume)
+            self.recorder.start()
+            self.recorder.write_state()
+            self.mailroom.start(restored)
+            undo.callback(self.mailroom.stop)
+            undo.pop_all()
+        mark_ctrl_c()
+        self._last_slow = self._last_flush = self._last_look = time.monotonic()
+        self._calls_at_slow = 0
+        self._rate_mark = (time.monotonic(), 0)
+        self._calls = 0
+        self._inbox_mtime = 0
+
+    # -- the slow path of step(), in the training thread ---------------------------------------------------------
+
+    def slow_step(self, calls: int, step: int | None, context: dict[str, Any], prepare: Any) -> int:
+        """Apply what is pending and run the metrics; returns the call count at which to look again."""
+        self._calls = calls
+        control = self.control
+        control.step = step = calls - 1 if step is None else step
+        ns = self.namespace
+        if context:
+            ns.update(context)
+        ns["step"] = step
+        if not control.stepping:
+            self.registry.first_step()
+        now = time.monotonic()
+        if now - self._last_look >= CHECK_SECONDS / 2:
+            self._last_look = now
+            self._look_at_inbox()
+        if self.handoff:
+            if prepare is not None:
+                prepare()
+                prepare = None
+            self.applier.apply_pending()
+        while control.paused and not control.should_stop and not control.closed:
+            self.handoff.arrived.wait(0.1)
+            self.handoff.arrived.clear()
+            self.applier.apply_pending()
+        if self.registry.active:
+            self.runner.run(step, prepare)
+        return self._next_check(calls, now)
+
+    def _look_at_inbox(self) -> None:
+        """Wake the mailroom when the inbox changed: a busy loop may starve it of the GIL."""
+        try:
+            mtime = os.stat(self.mailbox.inbox).st_mtime_ns
+        except OSError:
+            return
+        if mtime != self._inbox_mtime:
+            self._inbox_mtime = mtime
+            self.mailroom.wake()
+
+    def _next_check(self, calls: int, now: float) -> int:
+        if self.registry.active or self.handoff:
+            nxt = calls + 1
+        else:
+            # Calls expected in CHECK_SECONDS at the current pace; the mailroom also pokes when commands arrive or
+            # the loop slows down, so a stale estimate cannot delay a command.
+            elapsed = now - self._last_slow
+            per_sec = (calls - self._calls_at_slow) / elapsed if elapsed > 0 else 0.0
+            nxt = calls + max(1, min(int(per_sec * CHECK_SECONDS), 100_000))
+        self._last_slow = now
+        self._calls_at_slow = calls
+        return nxt
+
+    # -- answers and the journal -----------------------------------------------------------------------------------
+
+    def answer(self, item: Admitted, status: str, rendered: Rendered | None, error: dict[str, Any] | None) -> None:
+        self.recorder.command(item, build_response(item, status, self.control.at, rendered, error))
+
+    def journal(self, entry: dict[str, Any]) -> None:
+        self.recorder.event({"time": time.time(), "step": self.control.at, **entry})
+
+    def _restore_failed(self, what: str, message: str) -> None:
+        self.journal({"event": "restore_failed", "what": what, "label": f"not restored: {what}", "message": message})
+
+    def _replay(self, resume: bool) -> Restored:
+        """Answered commands, commands cut short by a crash, tuned values and the metric set of a resumed run."""
+        try:
+            wanted = {protocol.id_from_filename(n) for n in os.listdir(self.mailbox.inbox)}
+        except OSError:
+            wanted = set()
+        restored = replay(read_lines(self.mailbox.journal_path), wanted=wanted, restore=resume)
+        self.registry.overrides = dict(restored.hparams)
+        for name, spec in restored.metrics.items():
+            try:
+                code = compile_metric(name, spec["code"])
+            except (ProtocolError, RecursionError, ValueError, TypeError) as e:
+                self._restore_failed(f"metric {name}", f"its code no longer compiles: {e}")
+                broken = Metric(name, spec["code"], spec["every"], spec.get("kind", "auto"), _never, spec["sender"])
+                broken.status, broken.last_error = "disabled", error_info(e, "<metric")
+                self.registry.metrics[name] = broken
+                continue
+            self.registry.install(spec, code, spec["sender"], status=spec["status"])
+        self.registry.refresh()
+        return restored
+
+    # -- the mailroom's tick --------------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        control = self.control
+        if now - self._last_slow > 0.05 and not control.paused:
+            self.poke()  # a slow loop: have the next step refresh step and steps/s
+        t0, c0 = self._rate_mark
+        if now - t0 >= 1.0:
+            control.steps_per_sec = (self._calls - c0) / (now - t0) if not control.paused else 0.0
+            self._rate_mark = (now, self._calls)
+        if self.registry.wrote and now - self._last_flush >= self.flush_secs:
+            self.registry.wrote = False
+            self._last_flush = now
+            try:
+                self.writer.flush()
+            except Exception as e:  # noqa: BLE001 - a full disk: shown in state, retried at the next flush
+                self.recorder.error = f"writing events failed: {type(e).__name__}: {e}"
+                self.registry.wrote = True
+        since = now - self.recorder.last_state
+        if (self.registry.changed and since >= STATE_SECONDS) or since >= HEARTBEAT_SECONDS:
+            self.registry.changed = False
+            self.recorder.write_state()
+
+    def snapshot(self) -> dict[str, Any]:
+        """What `state.json` holds: a snapshot safe to take from any thread."""
+        control = self.control
+        rate = control.steps_per_sec
+        writer_error = getattr(self.writer, "error", None) or getattr(self.writer, "last_error", None)
+        return {
+            "v": protocol.VERSION,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "run_dir": str(self.run_dir.resolve()),
+            "started_at": self.started_at,
+            "heartbeat": time.time(),
+            "step": control.at,
+            "steps_per_sec": round(rate, 3) if math.isfinite(rate) else None,
+            "paused": control.paused,
+            "stopping": control.should_stop,
+            "closed": control.closed,
+            "signed": bool(self.secret),
+            "hook_budget": self.hook_budget,
+            "pending": len(self.handoff),
+            **self.registry.describe(),
+            "watcher_error": self.mailroom.last_error if hasattr(self, "mailroom") else None,
+            "writer_error": str(writer_error) if writer_error else None,
+            "record_error": self.recorder.error,
+        }
+
+    # -- the end -------------------------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Answer what will never be applied, write everything, release the run. Runs once (weakref.finalize)."""
+        control = self.control
+        control.closed = True
+        self.mailroom.stop()
+        self.timer.close()
+        self.now_timer.close()
+        self.mailroom.scan(closing=True)
+        while (item := self.handoff.take()) is not None:
+            err = ProtocolError(
+                f"training ended (the Bridge closed at step {control.step}) before this command was applied; "
+                "send it again to a running bridge",
+                type="BridgeClosed",
+            )
+            self.answer(item, "rejected", None, err.as_error())
+        self.recorder.close()
+        try:
+            self.writer.flush()
+            self.writer.close()
+        finally:
+            self.recorder.write_state()
+            self.owner.release()
+
+
+def _never(state: dict[str, Any]) -> None:
+    return None
+
+
+def _namespace(namespace: Mapping[str, Any] | None, bridge: Any) -> dict[str, Any]:
+    import numpy as np
+
+    ns: dict[str, Any] = {"__builtins__": builtins, "math": math, "np": np, "numpy": np}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        ns["torch"] = torch
+    ns.update({"optimizer": None, "scheduler": None, "model": None, "step": 0})
+    ns.update(namespace or {})
+    ns["bridge"] = bridge
+    return ns

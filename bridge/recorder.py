@@ -1,0 +1,229 @@
+"""The recorder: the bridge's records on disk (journal, responses, state), written in order by one I/O thread.
+
+Crash safety, for a command that runs user code (a kind that is not idempotent):
+1. before it takes effect, the training thread appends `applying` to the journal and fsyncs it (`applying`);
+2. after it, its outcome line is journaled (fsync), then its response is written, then its file leaves the inbox.
+A crash before 1 leaves the file in the inbox (applied once, on restart); between 1 and 2 the restart answers it
+`failed`/`Interrupted` and never runs it again; after 2 the journal answers it. Idempotent kinds skip step 1:
+re-applying one after a crash does no harm.
+
+State is written by the mailroom's tick (at most every STATE_SECONDS while it changes, else every second) and once
+per batch of answers, before them: a client that got an answer reads a state that shows it, and a burst of commands
+costs one state write, not one each.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from bidviz import kinds, protocol
+from bidviz.channel import Mailbox
+
+from .admission import Admitted
+from .effects import Rendered, render
+
+STATE_SECONDS = 0.2
+JOURNAL_REPR = 4_000  # characters of a result's repr kept in its journal line (the response has more)
+OUTBOX_SECONDS = 3600.0  # responses are kept this long after they were journaled (clients wait up to --wait)
+OUTBOX_MAX = 10_000  # and at most this many
+TMP_SECONDS = 600.0  # a file left in tmp/ this long belongs to a writer that died
+PRUNE_SECONDS = 60.0
+
+
+def build_response(
+    item: Admitted, status: str, step: int | None, outcome: Rendered | None = None, error: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    cmd = item.command
+    return protocol.Response(
+        id=cmd.id,
+        kind=cmd.kind,
+        status=status,
+        step=step,
+        result=outcome.result if outcome is not None else None,
+        repr=outcome.text if outcome is not None and status == "applied" else None,
+        error=error,
+        received_at=item.received_at,
+        applied_at=time.time(),
+    ).to_dict()
+
+
+def journal_line(item: Admitted, response: dict[str, Any]) -> dict[str, Any]:
+    """A command's outcome line: its args, its label, and its response with a bounded result."""
+    cmd = item.command
+    kept = dict(response)
+    text = kept.get("repr")
+    if isinstance(text, str) and len(text) > JOURNAL_REPR:
+        kept["repr"] = f"{text[:JOURNAL_REPR]}... (cut in the journal: {len(text)} characters in all)"
+    if kept.get("result") is not None and len(protocol.dumps(kept["result"])) > JOURNAL_REPR:
+        kept["result"] = None
+    entry = kinds.KINDS.get(cmd.kind)
+    return {
+        "time": response["applied_at"],
+        "step": response["step"],
+        "event": "command",
+        "id": cmd.id,
+        "kind": cmd.kind,
+        "label": entry.describe(cmd.args) if entry is not None else cmd.kind,
+        "args": cmd.args,
+        "sender": cmd.sender,
+        "status": response["status"],
+        "error": response["error"],
+        "response": kept,
+    }
+
+
+class Recorder:
+    """Journal, responses and state of one mailbox, written in order by one I/O thread."""
+
+    def __init__(self, mailbox: Mailbox, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.mailbox = mailbox
+        self._snapshot = snapshot
+        self._state_lock = threading.Lock()
+        self._fd = os.open(mailbox.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._jobs: queue.SimpleQueue[tuple[dict[str, Any], dict[str, Any] | None, Path | None] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name="bidviz-io", daemon=True)
+        self._answered: collections.deque[tuple[float, str]] = (
+            collections.deque()
+        )  # (time, id) of responses written, oldest first, for pruning
+        self._last_prune = 0.0
+        self.last_state = 0.0
+        self.error: str | None = None  # the last write that failed (a full disk): shown in state.json
+        self.on_removed: Callable[[str], None] | None = None  # a command file left the inbox: its name
+
+    def start(self) -> None:
+        self.prune(time.time())
+        self._thread.start()
+
+    # -- called from the training thread and the mailroom -------------------------------------------------------
+
+    def applying(self, items: Iterable[Admitted], step: int | None) -> None:
+        """Write-ahead, in the training thread: these commands are about to take effect (fsynced)."""
+        commands = [{"id": i.command.id, "kind": i.command.kind} for i in items]
+        self._append([{"time": time.time(), "step": step, "event": "applying", "commands": commands}])
+
+    def command(self, item: Admitted, response: dict[str, Any]) -> None:
+        self._jobs.put((journal_line(item, response), response, item.file))
+
+    def event(self, entry: dict[str, Any]) -> None:
+        """A metric error, a disable, a value not restored: journaled, no response."""
+        self._jobs.put((entry, None, None))
+
+    def write_state(self) -> None:
+        with self._state_lock:
+            self.last_state = time.monotonic()
+            try:
+                self.mailbox.write_state(self._snapshot())
+            except OSError as e:
+                self._failed(f"could not write state.json: {e}")
+
+    def close(self, timeout: float = 60) -> None:
+        """Write everything queued, then stop."""
+        self._jobs.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        os.close(self._fd)
+
+    # -- the I/O thread -----------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            batch = [job]
+            while True:  # everything queued meanwhile: one fsync for all of it
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._jobs.put(None)
+                    break
+                batch.append(more)
+            try:
+                self._write(batch)
+            except Exception as e:  # noqa: BLE001 - never let the I/O thread die: report, keep the files for a restart
+                self._failed(f"could not journal or answer {len(batch)} record(s): {type(e).__name__}: {e}")
+
+    def _write(self, batch: list[tuple[dict[str, Any], dict[str, Any] | None, Path | None]]) -> None:
+        self._append([entry for entry, _, _ in batch])
+        now = time.time()
+        if any(response is not None for _, response, _ in batch):
+            self.write_state()  # once per batch, so a client that got its answer reads a state that shows it
+        for _, response, file in batch:
+            if response is None:
+                continue
+            self.mailbox.write_atomic(self.mailbox.outbox / f"{response['id']}.json", protocol.dumps(response))
+            self._answered.append((now, response["id"]))
+            if file is not None:
+                self._remove(file)
+        self.error = None
+        if now - self._last_prune >= PRUNE_SECONDS or len(self._answered) > OUTBOX_MAX:
+            self.prune(now)
+
+    def _append(self, entries: list[dict[str, Any]]) -> None:
+        data = b"".join(protocol.dumps(e) + b"\n" for e in entries)
+        written = 0
+        while written < len(data):
+            written += os.write(self._fd, data[written:])
+        os.fsync(self._fd)
+
+    def _remove(self, file: Path) -> None:
+        """Take a handled command file out of the inbox; anything that is not a file is moved into tmp/."""
+        try:
+            os.unlink(file)
+        except FileNotFoundError:
+            pass
+        except OSError:  # a directory, or something else unlink refuses: out of the inbox all the same
+            os.rename(file, self.mailbox.tmp / f"quarantine-{time.time_ns()}-{file.name[:80]}")
+        if self.on_removed is not None:
+            self.on_removed(file.name)
+
+    def _failed(self, message: str) -> None:
+        self.error = message
+        print(f"bidviz: {message}", file=sys.stderr, flush=True)
+
+    # -- pruning --------------------------------------------------------------------------------------------------
+
+    def prune(self, now: float) -> None:
+        """Old responses (journaled long ago: the journal keeps them) and leftovers of dead writers in tmp/."""
+        self._last_prune = now
+        keep_after = now - OUTBOX_SECONDS
+        if not self._answered:  # at start: what earlier runs left
+            _prune_dir(self.mailbox.outbox, keep_after)
+        while self._answered and (self._answered[0][0] < keep_after or len(self._answered) > OUTBOX_MAX):
+            _, cid = self._answered.popleft()
+            try:
+                os.unlink(self.mailbox.outbox / f"{cid}.json")
+            except OSError:
+                pass
+        _prune_dir(self.mailbox.tmp, now - TMP_SECONDS)
+
+
+def _prune_dir(directory: Path, before: float) -> None:
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if st.st_mtime >= before:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            continue
+
+
+__all__ = ["Recorder", "build_response", "journal_line", "render"]
