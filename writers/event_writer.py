@@ -4,10 +4,14 @@ A write encodes its event's bytes (`summaries`), frames them as a TFRecord and a
 list: no protobuf objects, no queue, no thread hand-off. A daemon thread writes the list to the file at most
 `flush_secs` after the first record in it; `flush()`, `close()`, garbage collection and normal interpreter exit
 (`weakref.finalize`, which keeps no reference to the writer) write it too.
+
+Records leave the list only once the file has them. A write that fails (a full disk) keeps them, in order, with the
+count of their bytes a short write already put in the file: the next flush writes the rest, and nothing twice.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import socket
@@ -40,6 +44,9 @@ class _Sink:
     No lock on the write path: writers only append to `pending` and the one flush at a time (`io_lock`) takes
     records from its front, each a single list operation, atomic in CPython (with or without the GIL). A write
     racing with close() may then be dropped instead of raising; it could not have been written either way.
+
+    A flush that fails raises its OSError to its caller (the flusher thread keeps it in `error`), and leaves the
+    records in `pending`; `closed` then refuses new records, but the file stays open until a flush writes them.
     """
 
     def __init__(self, path: str, flush_secs: float) -> None:
@@ -48,35 +55,39 @@ class _Sink:
         self.io_lock = threading.Lock()  # one flush at a time, so records reach the file in order
         self.pending: list[bytes] = []
         self.pending_bytes = 0  # of the non-scalar records: only a hint for when to wake the flusher early
-        self.closed = False
+        self.closed = False  # to new records; the file closes once the records it was given are written
+        self.written = 0  # bytes of the front of `pending` already in the file: a write the disk cut short
+        self.error: OSError | None = None  # of the last flush, while the records it could not write are pending
         self.wake = threading.Event()
-        self.file = open(path, "xb")  # noqa: SIM115 -- owned by the sink, closed in close()
+        # Unbuffered: each write says how many bytes reached the file, so a retry after a short write repeats none.
+        self.file = open(path, "xb", buffering=0)  # noqa: SIM115 -- owned by the sink, closed by the last flush
         if flush_secs > 0:
             name = f"bidviz-flush {os.path.basename(path)}"
             threading.Thread(target=self._run, name=name, daemon=True).start()
 
     def _run(self) -> None:
-        while not self.closed:
+        while not self.file.closed:
             self.wake.wait(self.flush_secs)
             self.wake.clear()
             try:
                 self.flush()
-            except OSError:  # the disk is full: the next flush() or close() raises it to the user
-                pass
+            except OSError:
+                # Kept in `error` with the records; flush() and close() raise it while it lasts. Retry in flush_secs,
+                # not at each wake-up: past the backlog limit every write wakes this thread, and the disk is full.
+                time.sleep(self.flush_secs)
+                self.wake.set()
 
     def flush(self) -> None:
         with self.io_lock:
             self._drain()
+            # After close(), the flush that writes the last records closes the file (if a record came in meanwhile,
+            # close()'s own flush, which follows, writes it first).
+            if self.closed and not self.pending and not self.file.closed:
+                self.file.close()
 
     def close(self) -> None:
-        with self.io_lock:
-            if self.closed:
-                return
-            self.closed = True
-            try:
-                self._drain()
-            finally:
-                self.file.close()
+        self.closed = True
+        self.flush()
         self.wake.set()
 
     def _drain(self) -> None:  # with io_lock held
@@ -84,11 +95,20 @@ class _Sink:
         count = len(pending)
         if not count or self.file.closed:
             return
-        data = b"".join(pending[:count])
+        data = memoryview(b"".join(pending[:count]))
+        written, write = self.written, self.file.write
+        try:
+            while written < len(data):
+                wrote = write(data[written:])  # unbuffered: less than asked when the disk fills up
+                if not wrote:  # never from a file, but retrying it here would hold io_lock for ever
+                    raise OSError(errno.EIO, f"{self.path}: the file accepted no bytes")
+                written += wrote
+        except OSError as error:
+            self.written, self.error = written, error
+            raise
         del pending[:count]
-        self.pending_bytes = 0
-        self.file.write(data)
-        self.file.flush()
+        self.written = self.pending_bytes = 0
+        self.error = None
 
 
 class EventWriter:
@@ -97,6 +117,10 @@ class EventWriter:
     Every method may be called from any thread. Values are on disk within `flush_secs` (0: at once, at every
     call), after `flush()` or `close()`, and at normal interpreter exit even without `close()`.
     Tags are kept exactly as given (no renaming, no sub-runs).
+
+    When the disk refuses a write (full: ENOSPC), the values stay in memory, in order, and `error` holds the
+    OSError; `flush()` and `close()` raise it for as long as the disk refuses them (with `flush_secs=0`, so does
+    the call that added a value), and the next flush that succeeds writes them all, each once.
     """
 
     def __init__(self, run_dir: str | os.PathLike[str], flush_secs: float = 1.0, filename_suffix: str = "") -> None:
@@ -218,12 +242,20 @@ class EventWriter:
         self._sink.flush()
 
     def close(self) -> None:
-        """Flush and close the file; later writes raise RuntimeError. Closing again does nothing."""
-        self._finalizer()
+        """Flush and close the file; later writes raise RuntimeError. Closing again does nothing, unless the disk
+        refused the values: then close() raised its OSError, and a later flush() or close() writes them."""
+        self._sink.close()
+        self._finalizer.detach()  # kept until then: the values still get their chance at interpreter exit
 
     @property
     def closed(self) -> bool:
         return self._sink.closed
+
+    @property
+    def error(self) -> OSError | None:
+        """The OSError of the last write to the file (e.g. ENOSPC) while values it could not write are held in
+        memory; None once a flush has written them (the flusher thread retries every `flush_secs`)."""
+        return self._sink.error
 
     def __enter__(self) -> EventWriter:
         return self
