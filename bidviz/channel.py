@@ -1,13 +1,18 @@
 """The on-disk mailbox `<run>/.bidviz/`: atomic files, the owner lock, and the client side of sending.
 
-Depends only on `bidviz.protocol`. Everything here is plain files, so it works on any file system two
-processes (or two machines) share.
+Depends only on `bidviz.protocol` and `bidviz.errors`. Everything here is plain files, so it works on any file
+system two processes (or two machines) share.
+
+Reading tells three cases apart: a file that is missing (None: nothing written yet), and one that exists but is
+corrupt (not JSON, not an object) or unreadable (permissions, a directory in its place): a `StateError` naming the
+file and the reason, so a client says so instead of waiting for a file that will never parse.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import socket
 import stat
@@ -17,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
-from .errors import BridgeBusyError, ChannelError
+from .errors import BridgeBusyError, ChannelError, StateError
 
 DIRNAME = ".bidviz"
 LIVE_SECONDS = 5.0  # a bridge writes its heartbeat every second; older than this it is stale
+MAX_READ_BYTES = 64 * 1024 * 1024  # state.json or a response larger than this is not one a bridge wrote
 
 
 def _fsync_dir(path: Path) -> None:
@@ -79,10 +85,20 @@ class Mailbox:
                 os.chmod(d, 0o700)
 
     def check_root(self) -> None:
-        """Refuse (ChannelError) a mailbox that is a symlink, not a directory, or another user's; a missing one
-        passes. Clients call this before reading or writing through a mailbox they did not create."""
-        if os.path.lexists(self.root):
-            _owned_dir(self.root)
+        """Refuse (ChannelError) a mailbox that is a symlink, not a directory, another user's or writable by
+        others, or whose inbox, outbox or tmp is; a missing one passes. Clients call this before reading or writing
+        through a mailbox they did not create."""
+        if not os.path.lexists(self.root):
+            return
+        st = _owned_dir(self.root)
+        if stat.S_IMODE(st.st_mode) & (stat.S_IWGRP | stat.S_IWOTH):
+            raise ChannelError(
+                f"{self.root} is writable by other users (mode {stat.S_IMODE(st.st_mode):o}), so anyone could plant "
+                f"files in it; a mailbox is 0700: run `chmod 700 {self.root}` as its owner"
+            )
+        for d in (self.inbox, self.outbox, self.tmp):
+            if os.path.lexists(d):
+                _owned_dir(d)
 
     # -- atomic writes ---------------------------------------------------------------------------------
 
@@ -124,40 +140,35 @@ class Mailbox:
     # -- reading ---------------------------------------------------------------------------------------
 
     def read_state(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.state_path.read_bytes())  # type: ignore[no-any-return]
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return None
-
-    def read_journal(self) -> list[dict[str, Any]]:
-        return list(self.iter_journal())
+        """`state.json`: None while it is missing; StateError when it is corrupt or unreadable."""
+        return _read_object(self.state_path, "the bridge's state")
 
     def iter_journal(self) -> Iterator[dict[str, Any]]:
+        """The journal's entries, oldest first; nothing while it is missing, StateError when it cannot be read."""
         try:
             f = open(self.journal_path, "rb")
         except FileNotFoundError:
             return
+        except OSError as e:
+            raise StateError(_unreadable(self.journal_path, "the journal", e)) from None
         with f:
-            for raw in f:
-                # A crash mid-append leaves one partial last line; skip what does not parse.
-                try:
-                    entry = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(entry, dict):
-                    yield entry
+            try:
+                for raw in f:
+                    # A crash mid-append leaves one partial last line; skip what does not parse.
+                    try:
+                        entry = json.loads(raw)
+                    except (ValueError, RecursionError):
+                        continue
+                    if isinstance(entry, dict):
+                        yield entry
+            except OSError as e:
+                raise StateError(_unreadable(self.journal_path, "the journal", e)) from None
 
     def read_response(self, command_id: str) -> dict[str, Any] | None:
+        """The response to `command_id`: None while pending; StateError when its file is corrupt or unreadable."""
         if not protocol.is_response_id(command_id):
             raise ChannelError(f"not a command id: {command_id!r}")
-        try:
-            return json.loads((self.outbox / f"{command_id}.json").read_bytes())  # type: ignore[no-any-return]
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            return None
+        return _read_object(self.outbox / f"{command_id}.json", f"the response to {command_id}")
 
     # -- client side -----------------------------------------------------------------------------------
 
@@ -175,15 +186,23 @@ class Mailbox:
             )
         name = protocol.inbox_name(command.id, command.sent_at)
         tmp = self.tmp / f"{name}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, self.inbox / name)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, self.inbox / name)
+        except BaseException:
+            try:
+                os.unlink(tmp)  # a full disk must not leave half a command behind
+            except OSError:
+                pass
+            raise
         return command.id
 
     def wait_response(self, command_id: str, timeout: float, interval: float = 0.01) -> dict[str, Any] | None:
+        """The response, or None after `timeout` seconds; a corrupt response file raises StateError at once."""
         deadline = time.monotonic() + timeout
         while True:
             resp = self.read_response(command_id)
@@ -193,7 +212,9 @@ class Mailbox:
             interval = min(interval * 1.5, 0.1)
 
     def liveness(self, state: Mapping[str, Any] | None = None) -> str:
-        """'live', 'stale' (no heartbeat for LIVE_SECONDS: crashed or hung), 'ended', or 'none'."""
+        """'live', 'stale' (no heartbeat for LIVE_SECONDS: crashed or hung), 'ended', or 'none'.
+
+        Given no `state`, reads state.json (StateError when it is corrupt or unreadable)."""
         state = self.read_state() if state is None else state
         if not state:
             return "none"
@@ -201,8 +222,45 @@ class Mailbox:
             return "ended"
         if state.get("host") == socket.gethostname() and not _pid_alive(state.get("pid")):
             return "stale"  # killed: no need to wait for the heartbeat to age
-        age = time.time() - float(state.get("heartbeat") or 0)
-        return "live" if age < LIVE_SECONDS else "stale"
+        beat = heartbeat(state)
+        return "live" if beat is not None and time.time() - beat < LIVE_SECONDS else "stale"
+
+
+def heartbeat(state: Mapping[str, Any]) -> float | None:
+    """The heartbeat time of a state.json (epoch seconds), or None when it holds no usable one."""
+    beat = state.get("heartbeat")
+    if isinstance(beat, bool) or not isinstance(beat, (int, float)) or not math.isfinite(beat):
+        return None
+    return float(beat)
+
+
+def _unreadable(path: Path, what: str, error: OSError) -> str:
+    reason = error.strerror or str(error)
+    if isinstance(error, IsADirectoryError):
+        reason = "it is a directory, not a file"
+    return f"{path} ({what}) cannot be read: {reason}; check its permissions and owner, or remove it"
+
+
+def _read_object(path: Path, what: str) -> dict[str, Any] | None:
+    """A JSON object file: None when missing; StateError (naming the file and the reason) otherwise."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_READ_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StateError(_unreadable(path, what, e)) from None
+    if len(data) > MAX_READ_BYTES:
+        raise StateError(f"{path} ({what}) is larger than {MAX_READ_BYTES} bytes: not a file a bridge wrote")
+    try:
+        obj = json.loads(data)
+    except RecursionError:
+        raise StateError(f"{path} ({what}) is corrupt: JSON nested too deeply") from None
+    except ValueError as e:  # also UnicodeDecodeError
+        raise StateError(f"{path} ({what}) is corrupt: not JSON ({protocol.printable(str(e), 120)})") from None
+    if not isinstance(obj, dict):
+        raise StateError(f"{path} ({what}) is corrupt: a JSON {type(obj).__name__}, not an object")
+    return obj
 
 
 def _pid_alive(pid: Any) -> bool:
@@ -244,7 +302,10 @@ class OwnerLock:
         prev = self._read_owner(fd)
         host = socket.gethostname()
         if prev and prev.get("host") not in (None, host):
-            state = self.mailbox.read_state()
+            try:
+                state = self.mailbox.read_state()
+            except StateError:
+                state = None  # an unreadable state shows no live heartbeat of the other host's bridge
             if self.mailbox.liveness(state) == "live":
                 os.close(fd)
                 raise BridgeBusyError(self._busy_message(prev))
@@ -284,14 +345,18 @@ class OwnerLock:
             self._fd = None
 
 
-def find_runs(logdir: str | os.PathLike[str]) -> list[tuple[str, Mailbox]]:
-    """Every run under `logdir` that has (or had) a bridge, as (relative name, mailbox), sorted by name."""
+def find_runs(logdir: str | os.PathLike[str], *, event_files: bool = False) -> list[tuple[str, Mailbox]]:
+    """The runs under `logdir`, as (name, mailbox) sorted by name: every directory with a BIDViz mailbox (whether
+    or not a bridge ever wrote in it), and with `event_files` also every directory holding event files.
+
+    A name is the directory's path relative to `logdir` with forward slashes ("." for `logdir` itself), as
+    TensorBoard names runs. Hidden directories are not entered, symlinked ones are not followed."""
     root = Path(logdir)
     runs = []
-    for dirpath, dirnames, _ in os.walk(root):
-        if DIRNAME in dirnames:
-            run_dir = Path(dirpath)
-            rel = os.path.relpath(run_dir, root)
-            runs.append(("." if rel == "." else rel, Mailbox(run_dir)))
+    for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        has_mailbox = os.path.lexists(os.path.join(dirpath, DIRNAME))
+        if has_mailbox or (event_files and any("tfevents" in f for f in filenames)):
+            rel = Path(os.path.relpath(dirpath, root)).as_posix()
+            runs.append((rel, Mailbox(dirpath)))
     return sorted(runs, key=lambda r: r[0])
