@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from bidviz import __version__, protocol
+from bidviz import __version__, kinds
 from bidviz.cli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
 from bidviz.cli.export import cmd_export
 from bidviz.cli.metrics import (
-    _METRIC_ACTIONS,
+    METRIC_ACTIONS,
     cmd_metric_add,
     cmd_metric_export,
     cmd_metric_import,
     cmd_metric_ls,
     cmd_metric_simple,
 )
+from bidviz.cli.output import say
 from bidviz.cli.runs import cmd_journal, cmd_status
+from bidviz.cli.sending import os_failure
 from bidviz.cli.steering import cmd_control, cmd_diagnostics, cmd_eval, cmd_set
 
 DEFAULT_WAIT = 30.0
@@ -90,22 +93,46 @@ def _add_verb(
     return parser
 
 
+def _arg_help(kind: kinds.Kind, name: str) -> str:
+    """The help of one of a kind's args, from the table."""
+    return next(a.help for a in kind.args if a.name == name)
+
+
+def _arg_default(kind: kinds.Kind, name: str) -> Any:
+    return next(a.default for a in kind.args if a.name == name)
+
+
 def _add_metric_parsers(sub: Any, send: argparse.ArgumentParser) -> None:
     metric = sub.add_parser("metric", help="add, remove, pause, list, export or import metrics")
     actions = metric.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    add = _add_verb(actions, "add", "add a metric from Python code", cmd_metric_add, parents=[send])
-    add.add_argument("name", metavar="NAME", help="the metric's name; its series is bidviz/NAME")
-    add.add_argument("code", metavar="CODE", nargs="?", help="an expression or a function body; - reads stdin")
+    add_metric = kinds.ADD_METRIC
+    add = _add_verb(actions, "add", add_metric.help, cmd_metric_add, parents=[send])
+    add.add_argument("name", metavar="NAME", help=_arg_help(add_metric, "name"))
+    add.add_argument("code", metavar="CODE", nargs="?", help=_arg_help(add_metric, "code") + "; - reads stdin")
     add.add_argument("--file", metavar="FILE", help="read CODE from FILE")
-    add.add_argument("--every", type=_positive, default=1, metavar="N", help="run it every Nth step (default 1)")
-    add.add_argument("--replace", action="store_true", help="replace a metric of the same name")
-    add.add_argument("--kind", choices=protocol.METRIC_KINDS, default="auto", help="how values are written")
+    every = _arg_default(add_metric, "every")
+    add.add_argument(
+        "--every",
+        type=_positive,
+        default=every,
+        metavar="N",
+        help=f"{_arg_help(add_metric, 'every')} (default {every})",
+    )
+    add.add_argument("--replace", action="store_true", help=_arg_help(add_metric, "replace"))
+    add.add_argument(
+        "--kind",
+        choices=kinds.METRIC_KINDS,
+        default=_arg_default(add_metric, "kind"),
+        help=_arg_help(add_metric, "kind"),
+    )
 
-    for action, (_, _, what) in _METRIC_ACTIONS.items():
+    for action, (kind, _) in METRIC_ACTIONS.items():
         aliases = ["remove"] if action == "rm" else []
-        p = _add_verb(actions, action, what, cmd_metric_simple, parents=[send], aliases=aliases, metric_action=action)
-        p.add_argument("name", metavar="NAME")
+        p = _add_verb(
+            actions, action, kind.help, cmd_metric_simple, parents=[send], aliases=aliases, metric_action=action
+        )
+        p.add_argument("name", metavar="NAME", help=_arg_help(kind, "name"))
 
     ls = _add_verb(actions, "ls", "list a run's metrics from its state.json", cmd_metric_ls, aliases=["list"])
     ls.add_argument("--json", action="store_true", help="print the metrics mapping as JSON")
@@ -134,22 +161,28 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("logdir", metavar="LOGDIR")
     status.add_argument("--json", action="store_true", help="print a list of runs as JSON")
 
-    what = "set hyperparameters: NAME=VALUE (VALUE as JSON)"
-    set_ = _add_verb(sub, "set", what, cmd_set, parents=[send])
+    set_ = _add_verb(sub, kinds.SET_HPARAM.verb, kinds.SET_HPARAM.help, cmd_set, parents=[send])
     set_.add_argument("assignments", metavar="NAME=VALUE", nargs="+", help="e.g. lr=0.01 betas=[0.9,0.99]")
 
     _add_metric_parsers(sub, send)
 
-    diag = _add_verb(sub, "diagnostics", "add the standard diagnostic metrics", cmd_diagnostics, parents=[send])
-    diag.add_argument("--every", type=_positive, default=1, metavar="N", help="run them every Nth step")
+    diagnostics = kinds.ADD_DIAGNOSTICS
+    diag = _add_verb(sub, diagnostics.verb, diagnostics.help, cmd_diagnostics, parents=[send])
+    every = _arg_default(diagnostics, "every")
+    diag.add_argument(
+        "--every",
+        type=_positive,
+        default=every,
+        metavar="N",
+        help=f"{_arg_help(diagnostics, 'every')} (default {every})",
+    )
 
-    what = "run Python code against the live model; prints the result"
-    ev = _add_verb(sub, "eval", what, cmd_eval, parents=[send])
-    ev.add_argument("code", metavar="CODE", help="statements and/or an expression; - reads stdin")
-    ev.add_argument("--now", action="store_true", help="run at once in the watcher thread (for a stuck run)")
+    ev = _add_verb(sub, kinds.EVAL.verb, kinds.EVAL.help, cmd_eval, parents=[send])
+    ev.add_argument("code", metavar="CODE", help=_arg_help(kinds.EVAL, "code") + "; - reads stdin")
+    ev.add_argument("--now", action="store_true", help=_arg_help(kinds.EVAL, "now"))
 
-    for verb, what in (("pause", "pause training"), ("resume", "resume training"), ("stop", "stop training")):
-        _add_verb(sub, verb, what, cmd_control, parents=[send])
+    for kind in (kinds.PAUSE, kinds.RESUME, kinds.STOP):
+        _add_verb(sub, kind.verb, kind.help, cmd_control, parents=[send], control_kind=kind)
 
     journal = _add_verb(sub, "journal", "who changed what, at which step (oldest first)", cmd_journal)
     journal.add_argument("--json", action="store_true", help="print the entries as JSON")
@@ -169,10 +202,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help/--version (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else EXIT_USAGE
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):  # a terminal or pipe that cannot encode a character: escape it
+            stream.reconfigure(errors="backslashreplace")
     try:
         return int(opts.handler(opts))
     except CliError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}", err=True)
         return e.code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -180,3 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (`bidviz journal RUN | head`); silence the flush at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OSError as e:
+        # A file operation no verb expected to fail (a read-only or full file system): one line, no traceback.
+        say(f"error: {os_failure(e.filename or 'a file of the run', e, 'use')}", err=True)
+        return EXIT_USAGE

@@ -1,20 +1,23 @@
 """Sending: build and sign every command, deliver them to a run's inbox, wait for the responses and report them.
 
-`_send` is what every steering verb calls; it returns the exit status.
+`send` is what every steering verb calls; it returns the exit status.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import errno
 import time
 from collections.abc import Sequence
 
 from bidviz import protocol
-from bidviz.channel import ChannelError, Mailbox
+from bidviz.channel import Mailbox
 from bidviz.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NO_RESPONSE, EXIT_OK, EXIT_USAGE, CliError
-from bidviz.cli.output import _age, _print_error, _print_json
+from bidviz.cli.output import age, print_error, print_json, say
+from bidviz.cli.reading import checked_mailbox
 from bidviz.cli.types import Args, Response, Show
+from bidviz.errors import ChannelError, StateError
+from bidviz.runs import UNREADABLE, status_row
 
 
 def _sender() -> str:
@@ -41,6 +44,22 @@ def _make_commands(requests: Sequence[tuple[str, Args]], labels: Sequence[str] |
     return commands
 
 
+def os_failure(path: object, error: OSError, action: str = "write into") -> str:
+    """One sentence for a failed file operation on `path`: what happened and what to do."""
+    code = error.errno
+    what = f"cannot {action} {path}: {error.strerror or error}"
+    if code == errno.EROFS:
+        return (
+            f"{what}: the file system is read-only here; run `bidviz` where the log directory is writable "
+            "(e.g. on the training machine) or mount it read-write"
+        )
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"{what} (disk full or quota reached); free some space and try again"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"{what}; run `bidviz` as the user that runs the training"
+    return f"{what}; check that the run's .bidviz/ is intact (a Bridge recreates it when it starts)"
+
+
 def _deliver(mailbox: Mailbox, commands: Sequence[protocol.Command]) -> None:
     for command in commands:
         try:
@@ -49,36 +68,43 @@ def _deliver(mailbox: Mailbox, commands: Sequence[protocol.Command]) -> None:
             raise CliError(str(e), EXIT_USAGE) from None
         except ChannelError as e:
             raise CliError(str(e), EXIT_NO_RESPONSE) from None
+        except OSError as e:
+            raise CliError(os_failure(mailbox.inbox, e), EXIT_USAGE) from None
 
 
 def _wait_all(mailbox: Mailbox, commands: Sequence[protocol.Command], wait: float) -> list[Response | None]:
     deadline = time.monotonic() + wait
-    return [mailbox.wait_response(c.id, max(0.0, deadline - time.monotonic())) for c in commands]
+    try:
+        return [mailbox.wait_response(c.id, max(0.0, deadline - time.monotonic())) for c in commands]
+    except StateError as e:
+        raise CliError(str(e), EXIT_FAILED) from None
 
 
 def _why_no_response(mailbox: Mailbox, wait: float) -> str:
     """Why a bridge may not have answered, from its state.json."""
-    state = mailbox.read_state()
-    liveness = mailbox.liveness(state)
-    state = state or {}
-    age = _age(time.time() - float(state.get("heartbeat") or 0))
-    who = f"pid {state.get('pid', '?')} on {state.get('host', '?')}"
+    row = status_row(mailbox)
+    liveness = row["live"]
+    ago = age(row["heartbeat_age"]) if row["heartbeat_age"] is not None else "?"
+    who = f"pid {row['pid'] if row['pid'] is not None else '?'} on {row['host'] or '?'}"
     if liveness == "live":
         return (
-            f"its bridge ({who}) is live (heartbeat {age} ago) but did not answer within {wait:g}s; it may be in a "
+            f"its bridge ({who}) is live (heartbeat {ago} ago) but did not answer within {wait:g}s; it may be in a "
             "long step or a slow metric: try a longer --wait"
         )
     if liveness == "stale":
-        return f"its bridge ({who}) is stale: no heartbeat for {age}; the training process hung, crashed or was killed"
+        return f"its bridge ({who}) is stale: no heartbeat for {ago}; the training process hung, crashed or was killed"
     if liveness == "ended":
-        return f"its bridge ({who}) has ended: training closed it {age} ago"
+        return f"its bridge ({who}) has ended: training closed it {ago} ago"
+    if liveness == UNREADABLE:
+        return f"its state cannot be read ({row['problem']})"
     return "no bridge has ever written its state there: training has not started a Bridge on this run yet"
 
 
 def _no_response_message(mailbox: Mailbox, pending: Sequence[protocol.Command], wait: float) -> str:
     ids = ", ".join(c.id for c in pending)
     many = len(pending) > 1
-    when = "when a Bridge starts on that run" if mailbox.liveness() == "none" else "if that run's bridge comes back"
+    never = status_row(mailbox)["live"] == "none"
+    when = "when a Bridge starts on that run" if never else "if that run's bridge comes back"
     return (
         f"no response from {mailbox.run_dir} within {wait:g}s: {_why_no_response(mailbox, wait)}. "
         f"The command{'s' if many else ''} ({ids}) stay{'' if many else 's'} queued in {mailbox.inbox} and will be "
@@ -86,7 +112,7 @@ def _no_response_message(mailbox: Mailbox, pending: Sequence[protocol.Command], 
     )
 
 
-def _send(
+def send(
     opts: argparse.Namespace,
     requests: Sequence[tuple[str, Args]],
     show: Show,
@@ -96,11 +122,10 @@ def _send(
 ) -> int:
     """Send `requests` to run `opts.run`, wait for their responses and report them; returns the exit status.
 
-    `many`: the verb sends several commands, so `--json` prints a list and errors name the command.
+    `many`: `--json` prints a list; with `labels`, errors name the command they belong to.
     """
-    labels = labels if many else None
-    mailbox = Mailbox(opts.run)
     commands = _make_commands(requests, labels)
+    mailbox = checked_mailbox(opts.run)
     _deliver(mailbox, commands)
     if opts.no_wait:
         return _report_sent(commands, opts.json, many)
@@ -108,7 +133,7 @@ def _send(
         responses = _wait_all(mailbox, commands, opts.wait)
     except KeyboardInterrupt:
         ids = ", ".join(c.id for c in commands)
-        print(f"interrupted; the command(s) {ids} stay queued and will still be applied", file=sys.stderr)
+        say(f"interrupted; the command(s) {ids} stay queued and will still be applied", err=True)
         return EXIT_INTERRUPTED
     if opts.json:
         _print_responses_json(commands, responses, many)
@@ -120,11 +145,11 @@ def _send(
             if not opts.json:
                 show(command.args, response)
         else:
-            _print_error(response, labels[i] if labels else None)
+            print_error(response, labels[i] if labels else None)
             status = EXIT_FAILED
     pending = [c for c, r in zip(commands, responses, strict=True) if r is None]
     if pending:
-        print(f"error: {_no_response_message(mailbox, pending, opts.wait)}", file=sys.stderr)
+        say(f"error: {_no_response_message(mailbox, pending, opts.wait)}", err=True)
         status = EXIT_NO_RESPONSE
     return status
 
@@ -132,10 +157,10 @@ def _send(
 def _report_sent(commands: Sequence[protocol.Command], as_json: bool, many: bool) -> int:
     if as_json:
         sent = [{"id": c.id, "kind": c.kind, "status": "sent"} for c in commands]
-        _print_json(sent if many else sent[0])
+        print_json(sent if many else sent[0])
     else:
         for c in commands:
-            print(c.id)
+            say(c.id)
     return EXIT_OK
 
 
@@ -146,4 +171,4 @@ def _print_responses_json(
         r if r is not None else {"id": c.id, "kind": c.kind, "status": "pending"}
         for c, r in zip(commands, responses, strict=True)
     ]
-    _print_json(shown if many else shown[0])
+    print_json(shown if many else shown[0])

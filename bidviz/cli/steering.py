@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from bidviz import protocol
+from bidviz import kinds
 from bidviz.cli.errors import EXIT_USAGE, CliError
-from bidviz.cli.output import _at_step, _value
-from bidviz.cli.sending import _send
+from bidviz.cli.output import at_step, say, typed
+from bidviz.cli.sending import send
 from bidviz.cli.types import Args, Response
+from bidviz.errors import ProtocolError
+
+_NO_OLD: Any = object()
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -20,12 +24,12 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if not sep or not name:
         raise CliError(f"expected NAME=VALUE, e.g. lr=0.01; received {text!r}", EXIT_USAGE)
     try:
-        protocol.check_name(name, "hyperparameter name")
-    except protocol.ProtocolError as e:
+        kinds.check_name(name, "hyperparameter name")
+    except ProtocolError as e:
         raise CliError(str(e), EXIT_USAGE) from None
     try:
         value = json.loads(raw, parse_constant=_no_constant)
-    except ValueError:
+    except (ValueError, RecursionError):
         value = raw
     return name, value
 
@@ -34,51 +38,78 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # NaN/Infinity: keep them as the plain string the user typed
 
 
+def set_args(assignments: list[tuple[str, Any]]) -> Args:
+    """The args of the one `set_hparam` command for `assignments`: name and value for one, else values (so the
+    bridge validates them all first and applies all of them, or none)."""
+    values: dict[str, Any] = {}
+    for name, value in assignments:
+        if name in values:
+            raise CliError(f"{name} is given twice; give each hyperparameter once", EXIT_USAGE)
+        values[name] = value
+    if len(values) == 1:
+        ((name, value),) = values.items()
+        return {"name": name, "value": value}
+    return {"values": values}
+
+
+def _changes(args: Args, result: Any) -> Iterator[tuple[str, Any, Any]]:
+    """(name, new value, old value or _NO_OLD) of each hyperparameter an applied set_hparam changed."""
+    sent = args["values"] if "values" in args else {args["name"]: args["value"]}
+    if isinstance(result, Mapping) and result and all(isinstance(v, Mapping) for v in result.values()):
+        result = [{"name": n, **v} for n, v in result.items()]  # several: {name: {name, value, old}}
+    elif isinstance(result, Mapping) and "name" in result:
+        result = [result]  # one: {name, value, old}
+    if not isinstance(result, list) or not all(isinstance(r, Mapping) and "name" in r for r in result):
+        result = [{"name": n, "value": v} for n, v in sent.items()]
+    for change in result:
+        name = str(change["name"])
+        yield name, change.get("value", sent.get(name)), change.get("old", _NO_OLD)
+
+
 def _show_set(args: Args, response: Response) -> None:
-    result = response.get("result")
-    result = result if isinstance(result, dict) else {}
-    name = result.get("name", args["name"])
-    value = result.get("value", args["value"])
-    was = f" (was {_value(result['old'])})" if "old" in result else ""
-    print(f"{name} = {_value(value)}{was}{_at_step(response)}")
+    for name, value, old in _changes(args, response.get("result")):
+        was = f" (was {typed(old)})" if old is not _NO_OLD else ""
+        say(f"{name} = {typed(value)}{was}{at_step(response)}")
 
 
 def cmd_set(opts: argparse.Namespace) -> int:
-    assignments = [parse_assignment(a) for a in opts.assignments]
-    requests = [("set_hparam", {"name": n, "value": v}) for n, v in assignments]
-    return _send(opts, requests, _show_set, many=True, labels=[f"set {n}" for n, _ in assignments])
+    args = set_args([parse_assignment(a) for a in opts.assignments])
+    return send(opts, [(kinds.SET_HPARAM.name, args)], _show_set, many=True)
 
 
 def _show_diagnostics(args: Args, response: Response) -> None:
     names = response.get("result")
     names = [str(n) for n in names] if isinstance(names, list) else []
     listed = f": {', '.join(names)}" if names else ""
-    print(f"added {len(names)} diagnostic metric(s){_at_step(response)}{listed}")
+    say(f"added {len(names)} diagnostic metric(s){at_step(response)}{listed}")
 
 
 def cmd_diagnostics(opts: argparse.Namespace) -> int:
-    return _send(opts, [("add_diagnostics", {"every": opts.every})], _show_diagnostics)
+    return send(opts, [(kinds.ADD_DIAGNOSTICS.name, {"every": opts.every})], _show_diagnostics)
 
 
 def _show_eval(args: Args, response: Response) -> None:
     text = response.get("repr")
-    print(text if isinstance(text, str) else _value(response.get("result")))
+    say(text if isinstance(text, str) else typed(response.get("result")))
 
 
 def cmd_eval(opts: argparse.Namespace) -> int:
     code = sys.stdin.read() if opts.code == "-" else opts.code
-    return _send(opts, [("eval", {"code": code, "now": opts.now})], _show_eval)
+    return send(opts, [(kinds.EVAL.name, {"code": code, "now": opts.now})], _show_eval)
 
 
-_CONTROL_DONE = {
-    "pause": "paused{at}; training waits in bridge.step() until `bidviz resume`",
-    "resume": "resumed{at}",
-    "stop": "stop requested{at}; the training loop ends when it checks bridge.should_stop",
+#: what each control kind did, as printed when it is applied
+CONTROL_DONE = {
+    kinds.PAUSE.name: "paused{at}; training waits in bridge.step() until `bidviz resume`",
+    kinds.RESUME.name: "resumed{at}",
+    kinds.STOP.name: "stop requested{at}; the training loop ends when it checks bridge.should_stop",
 }
 
 
 def cmd_control(opts: argparse.Namespace) -> int:
-    def show(args: Args, response: Response) -> None:
-        print(_CONTROL_DONE[opts.verb].format(at=_at_step(response)))
+    kind: kinds.Kind = opts.control_kind
 
-    return _send(opts, [(opts.verb, {})], show)
+    def show(args: Args, response: Response) -> None:
+        say(CONTROL_DONE[kind.name].format(at=at_step(response)))
+
+    return send(opts, [(kind.name, {})], show)

@@ -62,6 +62,19 @@ def test_set_lr_prints_the_change_and_updates_state(
     assert state(run)["hparams"]["dropout"]["value"] == 0.2
 
 
+def test_set_several_is_all_or_nothing(cli: Cli, run: Path, state: ReadState) -> None:
+    lr = state(run)["hparams"]["lr"]["value"]
+    out = cli("set", run, "lr=0.07", "dropout=5")
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert out.stderr.startswith("error: OutOfBounds: ") and "dropout" in out.stderr, out.stderr
+    assert state(run)["hparams"]["lr"]["value"] == lr  # lr was valid, but not applied: dropout was not
+    (entry,) = _journal(cli, run)[-1:]
+    assert entry["status"] == "rejected" and entry["args"] == {"values": {"lr": 0.07, "dropout": 5}}
+    out = cli("journal", run, "--tail", "1")
+    assert "set lr=0.07, dropout=5 -> rejected: OutOfBounds" in out.stdout, out.stdout
+
+
 def test_set_json_prints_the_responses(cli: Cli, run: Path) -> None:
     out = cli("set", run, "dropout=0.1", "--json")
     assert out.returncode == 0, out.stderr
@@ -261,9 +274,7 @@ def test_journal_shows_the_commands(cli: Cli, run: Path) -> None:
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) == 2
-    pattern = (
-        r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d +\d+  cli:\S+ +set_hparam \{"name":"dropout","value":0\.(3|1)\} -> applied'
-    )
+    pattern = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d +\d+  cli:\S+ +set dropout=0\.(3|1) -> applied"
     assert all(re.fullmatch(pattern, line) for line in lines), lines
     entries = _journal(cli, run)
     rejected = [e for e in entries if e.get("status") == "rejected"]

@@ -123,12 +123,11 @@ def test_set_values_are_json_when_they_parse(cli: Cli, tmp_path: Path) -> None:
     mailbox.create()
     out = cli("set", tmp_path, "a=0.01", "b=3", "c=true", "d=[0.9, 0.99]", 'e="x"', "f=adam", "g=NaN", "--no-wait")
     assert out.returncode == 0, out.stderr
-    ids = out.stdout.split()
-    assert len(ids) == 7
-    # Inbox names sort in sending order, so the bridge applies the assignments in the order given.
-    sent = [json.loads(p.read_text()) for p in sorted(mailbox.inbox.iterdir())]
-    assert [c["id"] for c in sent] == ids
-    assert [(c["args"]["name"], c["args"]["value"]) for c in sent] == [
+    # One command for all of them, so the bridge applies all or none.
+    (command_id,) = out.stdout.split()
+    (sent,) = [json.loads(p.read_text()) for p in mailbox.inbox.iterdir()]
+    assert sent["id"] == command_id and sent["kind"] == "set_hparam"
+    assert list(sent["args"]["values"].items()) == [
         ("a", 0.01),
         ("b", 3),
         ("c", True),
@@ -137,6 +136,17 @@ def test_set_values_are_json_when_they_parse(cli: Cli, tmp_path: Path) -> None:
         ("f", "adam"),
         ("g", "NaN"),
     ]
+
+
+def test_set_one_value_sends_name_and_value_and_a_repeated_name_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    mailbox = Mailbox(tmp_path)
+    mailbox.create()
+    out = cli("set", tmp_path, "lr=0.5", "lr=0.1", "--no-wait")
+    assert out.returncode == 2 and "lr is given twice" in out.stderr
+    assert not list(mailbox.inbox.iterdir())
+    assert cli("set", tmp_path, "lr=0.5", "--no-wait").returncode == 0
+    (sent,) = [json.loads(p.read_text()) for p in mailbox.inbox.iterdir()]
+    assert sent["args"] == {"name": "lr", "value": 0.5}
 
 
 def test_secret_signs_commands(cli: Cli, tmp_path: Path) -> None:
@@ -180,6 +190,53 @@ def test_metric_import_rejects_a_file_that_is_not_a_metric_set(cli: Cli, tmp_pat
     bad.write_text("{not json")
     out = cli("metric", "import", tmp_path, bad)
     assert out.returncode == 2 and "not JSON" in out.stderr
+    # Every entry is validated before any is sent: one bad name sends none of them.
+    bad.write_text(
+        json.dumps({"bidviz_metrics": 1, "metrics": [{"name": "ok", "code": "1"}, {"name": "../x", "code": "1"}]})
+    )
+    out = cli("metric", "import", tmp_path, bad, "--no-wait")
+    assert out.returncode == 2 and "metric #2" in out.stderr
+    bad.write_text("[" * 100_000)
+    assert cli("metric", "import", tmp_path, bad).returncode == 2
+    assert not list(Mailbox(tmp_path).inbox.iterdir())
+
+
+def test_metric_import_reads_a_set_written_by_the_earlier_cli(cli: Cli, tmp_path: Path) -> None:
+    mailbox = Mailbox(tmp_path)
+    mailbox.create()
+    old = tmp_path / "old.json"  # as `bidviz metric export` wrote it before the format moved to bidviz.kinds
+    old.write_text(
+        json.dumps(
+            {
+                "bidviz_metrics": 1,
+                "metrics": [
+                    {"name": "a", "code": "float(loss)", "every": 3, "kind": "auto"},
+                    {"name": "b", "code": "step % 7", "every": 1, "kind": "scalar"},
+                ],
+            },
+            indent=2,
+        )
+    )
+    out = cli("metric", "import", tmp_path, old, "--no-wait")
+    assert out.returncode == 0, out.stderr
+    sent = [json.loads(p.read_text()) for p in sorted(mailbox.inbox.iterdir())]
+    assert [(c["kind"], c["args"]) for c in sent] == [
+        ("add_metric", {"name": "a", "code": "float(loss)", "every": 3, "kind": "auto", "replace": True}),
+        ("add_metric", {"name": "b", "code": "step % 7", "every": 1, "kind": "scalar", "replace": True}),
+    ]
+
+
+def test_metric_export_writes_the_kinds_table_format(cli: Cli, tmp_path: Path) -> None:
+    from bidviz import kinds
+
+    mailbox = Mailbox(tmp_path)
+    mailbox.create()
+    metrics = {"m": {"code": "1.5", "every": 2, "kind": "scalar", "status": "running"}}
+    mailbox.write_state({"v": 1, "pid": 1, "heartbeat": 0.0, "metrics": metrics})
+    out = cli("metric", "export", tmp_path, "-")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == kinds.metric_set(metrics)
+    assert kinds.read_metric_set(json.loads(out.stdout))[0]["name"] == "m"
 
 
 def test_reading_verbs_without_a_mailbox_exit_3(cli: Cli, tmp_path: Path) -> None:
@@ -232,15 +289,30 @@ def test_journal_prints_entries_oldest_first(cli: Cli, tmp_path: Path) -> None:
             "error": {"type": "ZeroDivisionError", "message": "division by zero", "traceback": "...", "line": 2},
         }
     )
+    mailbox.append_journal(
+        {
+            "time": t + 3,
+            "step": 21,
+            "event": "command",
+            "id": "c" * 32,
+            "kind": "set_hparam",
+            "args": {"values": {"lr": 0.1, "dropout": 0.2}},
+            "label": "set lr=0.1, dropout=0.2",
+            "sender": "tab:127.0.0.1",
+            "status": "applied",
+        }
+    )
     out = cli("journal", tmp_path)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0] == '2025-03-04 05:06:07   3  cli:me@here  set_hparam {"name":"lr","value":0.01} -> applied'
-    assert lines[1].startswith("2025-03-04 05:06:08  12  cli:me@here  set_hparam")
+    # Lines written before the bridge wrote labels get the label their kind gives their args.
+    assert lines[0] == "2025-03-04 05:06:07   3  cli:me@here    set lr=0.01 -> applied"
+    assert lines[1].startswith("2025-03-04 05:06:08  12  cli:me@here    set lr=-1")
     assert lines[1].endswith("-> rejected: OutOfBounds: lr must be >= 0.0; received -1")
     assert "metric_error m -> ZeroDivisionError: division by zero (line 2)" in lines[2]
+    assert lines[3].endswith("tab:127.0.0.1  set lr=0.1, dropout=0.2 -> applied")
     tail = cli("journal", tmp_path, "--tail", "1", "--json")
-    assert [e["step"] for e in json.loads(tail.stdout)] == [20]
+    assert [e["step"] for e in json.loads(tail.stdout)] == [21]
 
 
 def test_export_of_a_missing_run_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
