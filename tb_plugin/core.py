@@ -1,7 +1,8 @@
 """The control-plane core: every HTTP route of DESIGN.md as a plain method over the log directory's mailboxes.
 
 No HTTP here. The TensorBoard plugin (werkzeug) and the standalone server (Starlette) are thin shells: they run
-`security.Guard.check` on the request, call one method, and turn its value or its `ControlError` into a response.
+`security.Guard.check` on the request, call one method, and turn its value or its `bidviz.errors.BIDVizError`
+(a `PublicError` or a mailbox's `StateError`: each carries its `http_status`) into a response.
 
 Runs come from a `RunSource` (TensorBoard's data provider in the plugin, a walk of the log directory in the
 standalone server); a run is addressable only when its source lists it *and* its directory resolves strictly
@@ -11,8 +12,6 @@ inside the log directory.
 from __future__ import annotations
 
 import ast
-import csv
-import io
 import json
 import os
 import time
@@ -21,21 +20,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from bidviz import protocol
-from bidviz.channel import DIRNAME, ChannelError, Mailbox
+from bidviz import kinds, protocol
+from bidviz.channel import Mailbox, find_runs
+from bidviz.errors import ChannelError, PublicError
+from bidviz.runs import command_label, status_row
+from bidviz.series import Points, SeriesError, point_dicts, read_series, to_csv
 
 JOURNAL_LIMIT = 500
+PENDING = "pending"  # the status of `GET response` while the bridge has not answered (HTTP 202)
 REPR_SHOWN = 4000
 MAX_BODY = 2 * protocol.MAX_COMMAND_BYTES
-
-
-class ControlError(Exception):
-    """A request the core cannot serve; `status` is its HTTP status, the message says what to do."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class RunSource(Protocol):
@@ -55,13 +49,7 @@ class DirectoryRuns:
         self.logdir = Path(logdir)
 
     def run_names(self) -> list[str]:
-        names = []
-        for dirpath, dirnames, filenames in os.walk(self.logdir):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            if DIRNAME in os.listdir(dirpath) or any("tfevents" in f for f in filenames):
-                rel = os.path.relpath(dirpath, self.logdir)
-                names.append("." if rel == "." else Path(rel).as_posix())
-        return sorted(names)
+        return [name for name, _ in find_runs(self.logdir, event_files=True)]
 
     def scalar_tags(self, run: str) -> None:
         return None
@@ -104,25 +92,29 @@ class ControlPlane:
         try:
             return sorted(set(self.source.run_names()))
         except Exception as e:  # a data provider hiccup must not break the tab
-            raise ControlError(503, f"TensorBoard could not list its runs yet ({e}); try again in a moment") from e
+            raise PublicError(503, f"TensorBoard could not list its runs yet ({e}); try again in a moment") from e
 
     def resolve(self, run: object, *, listed: Iterable[str] | None = None) -> Path:
-        """The directory of a listed run, strictly inside the log directory, or a ControlError saying why not."""
+        """The directory of a listed run, strictly inside the log directory, or a PublicError saying why not."""
         if not isinstance(run, str) or not run:
-            raise ControlError(400, "give the run: ?run=NAME, a run name as TensorBoard lists it")
+            raise PublicError(400, "give the run: ?run=NAME, a run name as TensorBoard lists it")
         problem = self.control_problem()
         if problem:
-            raise ControlError(409, problem)
+            raise PublicError(409, problem)
+        try:
+            run.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PublicError(400, f"run {_shown(run)} refused: a run name is valid Unicode text") from None
         if "\x00" in run or os.path.isabs(run) or run.startswith(("/", "\\")) or ".." in Path(run).parts:
-            raise ControlError(400, f"run {run!r} refused: a run is a relative name inside the log directory")
+            raise PublicError(400, f"run {_shown(run)} refused: a run is a relative name inside the log directory")
         names = self._listed() if listed is None else list(listed)
         if run not in names:
             shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
-            raise ControlError(404, f"no run {run!r} in {self.logdir}; runs: {shown or '(none yet)'}")
+            raise PublicError(404, f"no run {_shown(run)} in {self.logdir}; runs: {shown or '(none yet)'}")
         root = os.path.realpath(self.logdir)
         path = os.path.realpath(os.path.join(root, run))
         if os.path.commonpath([root, path]) != root:
-            raise ControlError(403, f"run {run!r} refused: it resolves outside the log directory (a symlink?)")
+            raise PublicError(403, f"run {_shown(run)} refused: it resolves outside the log directory (a symlink?)")
         return Path(path)
 
     def _mailbox(self, run: object, *, write: bool = False) -> Mailbox:
@@ -130,15 +122,15 @@ class ControlPlane:
         try:
             mailbox.check_root()
         except ChannelError as e:
-            raise ControlError(403, str(e)) from None
+            raise PublicError(403, str(e)) from None
         if write and not mailbox.exists():
-            raise ControlError(
+            raise PublicError(
                 409,
-                f"run {run!r} has no bridge: attach one in the training script "
+                f"run {_shown(run)} has no bridge: attach one in the training script "
                 "(`from bidviz import Bridge`; `bridge = Bridge(run_dir)`; `bridge.step(step, loss=loss)`)",
             )
         if write and not os.access(mailbox.inbox, os.W_OK):
-            raise ControlError(
+            raise PublicError(
                 403,
                 f"{mailbox.inbox} is not writable by this TensorBoard (uid {os.getuid()}); the log directory may "
                 "be read-only here: run TensorBoard as the training user or use `bidviz` where it is writable",
@@ -149,33 +141,25 @@ class ControlPlane:
         problem = self.control_problem()
         names = self._listed()
         rows = []
+        now = time.time()
         for name in names:
             row: dict[str, Any] = {"run": name, "live": "none", "controllable": False}
             if problem is None:
                 try:
                     mailbox = Mailbox(self.resolve(name, listed=names))
-                except ControlError as e:
+                except PublicError as e:
                     row["problem"] = e.message
                     rows.append(row)
                     continue
-                state = mailbox.read_state() if mailbox.exists() else None
-                known = state or {}
-                row.update(
-                    live=mailbox.liveness(state),
-                    controllable=mailbox.exists(),
-                    step=known.get("step"),
-                    steps_per_sec=known.get("steps_per_sec"),
-                    heartbeat=known.get("heartbeat"),
-                    paused=known.get("paused"),
-                    pid=known.get("pid"),
-                    host=known.get("host"),
-                )
+                row.update(status_row(mailbox, now=now))
+                row["controllable"] = mailbox.exists() and "problem" not in row
             rows.append(row)
-        return {"runs": rows, "logdir": self.logdir, "problem": problem, "now": time.time()}
+        return {"runs": rows, "logdir": self.logdir, "problem": problem, "now": now}
 
     # -- reading -----------------------------------------------------------------------------------------------
 
     def state(self, run: object) -> dict[str, Any]:
+        """The run's state.json; a corrupt or unreadable one is a StateError (its message names the file)."""
         mailbox = self._mailbox(run)
         state = mailbox.read_state() if mailbox.exists() else None
         if state is None:
@@ -186,20 +170,28 @@ class ControlPlane:
         try:
             n = int(limit)  # type: ignore[call-overload]
         except (TypeError, ValueError):
-            raise ControlError(400, f"limit must be a whole number; received {limit!r}") from None
+            raise PublicError(400, f"limit must be a whole number; received {_shown(limit)}") from None
         n = max(1, min(n, 10_000))
         mailbox = self._mailbox(run)
         entries = deque((_slim(e) for e in mailbox.iter_journal()), maxlen=n)
         return {"run": run, "entries": list(entries)}
 
     def response(self, run: object, command_id: object) -> dict[str, Any]:
+        """The response to a command, or `{"status": "pending"}` (answered 202) while the bridge has not applied it;
+        a corrupt response file is a StateError naming it, not a response that stays pending forever."""
         if not isinstance(command_id, str) or not protocol.is_command_id(command_id):
-            raise ControlError(400, f"id must be a command id (32 hex digits) as POST command returns: {command_id!r}")
+            shown = _shown(command_id)
+            raise PublicError(400, f"id must be a command id (32 hex digits) as POST command returns: {shown}")
         mailbox = self._mailbox(run)
         resp = mailbox.read_response(command_id)
         if resp is None:
-            raise ControlError(404, f"no response to {command_id} yet: the bridge has not applied it; ask again")
+            return {"id": command_id, "status": PENDING}
         return resp
+
+    @staticmethod
+    def kinds() -> dict[str, Any]:
+        """GET kinds: the command kinds, metric kinds and metric-set format, from the one table."""
+        return kinds.public_table()
 
     def scalar_tags(self, run: object) -> dict[str, Any]:
         run_dir = self.resolve(run)
@@ -211,40 +203,28 @@ class ControlPlane:
     def data(self, run: object, tag: object, fmt: object = "json") -> tuple[bytes, str, str]:
         """A series' points for download: (body, content type, file name)."""
         if fmt not in ("csv", "json"):
-            raise ControlError(400, f"format must be csv or json; received {fmt!r}")
+            raise PublicError(400, f"format must be csv or json; received {fmt!r}")
         if not isinstance(tag, str) or not tag:
-            raise ControlError(400, "give the series: ?tag=NAME (see GET tags?run=)")
+            raise PublicError(400, "give the series: ?tag=NAME (see GET tags?run=)")
         run_dir = self.resolve(run)
         series = self._read_scalars(run_dir)
         if tag not in series:
             shown = ", ".join(sorted(series)[:30])
-            raise ControlError(404, f"run {run!r} has no scalar series {tag!r}; it has: {shown or '(none)'}")
+            raise PublicError(404, f"run {run!r} has no scalar series {tag!r}; it has: {shown or '(none)'}")
         points = series[tag]
         stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{run}_{tag}").strip("._") or "series"
         if fmt == "json":
-            body = {
-                "run": run,
-                "tag": tag,
-                "points": [
-                    {"step": s, "wall_time": w, "value": protocol.to_json_value(float(v))} for s, w, v in points
-                ],
-            }
+            body = {"run": run, "tag": tag, "points": point_dicts(points)}
             return protocol.dumps(body), "application/json", f"{stem}.json"
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["step", "wall_time", "value"])
-        for s, w, v in points:
-            writer.writerow([s, repr(float(w)), repr(float(v))])
-        return out.getvalue().encode(), "text/csv", f"{stem}.csv"
+        return to_csv({tag: points}, [tag], tag_column=False).encode(), "text/csv", f"{stem}.csv"
 
     @staticmethod
-    def _read_scalars(run_dir: Path) -> Mapping[str, Any]:
-        from bidviz.writers import read_scalars
-
+    def _read_scalars(run_dir: Path) -> Mapping[str, Points]:
         try:
-            return read_scalars(run_dir)
-        except Exception as e:
-            raise ControlError(500, f"could not read the event files of {run_dir}: {e}") from e
+            series, _ = read_series(run_dir)
+        except SeriesError as e:
+            raise PublicError(500, str(e)) from e
+        return series
 
     # -- writing -----------------------------------------------------------------------------------------------
 
@@ -253,57 +233,80 @@ class ControlPlane:
         request = _json_body(body)
         unknown = sorted(set(request) - {"run", "kind", "args"})
         if unknown:
-            raise ControlError(400, f"a command takes run, kind and args; unknown {', '.join(unknown)}")
+            raise PublicError(
+                400, f"a command takes run, kind and args; unknown {protocol.printable(', '.join(unknown))}"
+            )
         mailbox = self._mailbox(request.get("run"), write=True)
         kind = request.get("kind")
         if not isinstance(kind, str):
-            raise ControlError(400, f"kind must be one of {', '.join(protocol.KINDS)}; received {kind!r}")
+            raise PublicError(400, f"kind must be one of {', '.join(protocol.KINDS)}; received {_shown(kind)}")
         try:
             command = protocol.make_command(kind, request.get("args") or {}, sender=sender, secret=self.secret)
             command_id = mailbox.send(command)
         except protocol.ProtocolError as e:
-            raise ControlError(413 if e.type == "TooLarge" else 400, str(e)) from None
+            raise PublicError(413 if e.type == "TooLarge" else 400, str(e)) from None
+        except RecursionError:
+            raise PublicError(400, "the command's args are nested too deeply") from None
         except ChannelError as e:
-            raise ControlError(409, str(e)) from None
+            raise PublicError(409, str(e)) from None
         except OSError as e:
-            raise ControlError(
+            raise PublicError(
                 503, f"could not write the command into {mailbox.inbox}: {e.strerror or e}; is the disk full?"
             ) from None
-        state = mailbox.read_state()
-        return {"id": command_id, "live": mailbox.liveness(state)}
+        return {"id": command_id, "live": status_row(mailbox)["live"]}
 
     def check(self, body: bytes) -> dict[str, Any]:
         """Syntax-check metric or terminal code without running it: {"ok"} or the error with its line."""
         request = _json_body(body)
         code = request.get("code")
         if not isinstance(code, str):
-            raise ControlError(400, 'check takes {"code": "..."}')
+            raise PublicError(400, 'check takes {"code": "..."}')
+        if len(code) > kinds.MAX_CODE_CHARS:
+            return {"ok": False, "error": f"the code is longer than {kinds.MAX_CODE_CHARS} characters", "line": None}
         try:
             ast.parse(code, "<metric>", "exec")
         except SyntaxError as e:
             return {"ok": False, "error": f"{type(e).__name__}: {e.msg}", "line": e.lineno, "column": e.offset}
         except ValueError as e:  # null bytes
             return {"ok": False, "error": f"ValueError: {e}", "line": None, "column": None}
+        except (RecursionError, MemoryError):  # nested past what the compiler takes
+            return {"ok": False, "error": "the code is nested too deeply to compile", "line": None, "column": None}
         if not code.strip():
             return {"ok": False, "error": "the code is empty", "line": None, "column": None}
         return {"ok": True}
 
 
+def _shown(value: object, limit: int = 80) -> str:
+    """A value from a request, safe to put in a message: its repr, printable and bounded."""
+    return protocol.printable(repr(value), limit)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON; send numbers as finite numbers or strings")
+
+
 def _json_body(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400/413 PublicError whatever the bytes are (nested 100k deep,
+    4301-digit numbers, NaN, invalid UTF-8); lone surrogates inside strings are refused where they are used."""
     if len(body) > MAX_BODY:
-        raise ControlError(413, f"request body is {len(body)} bytes; the limit is {MAX_BODY}")
+        raise PublicError(413, f"request body is {len(body)} bytes; the limit is {MAX_BODY}")
     try:
-        obj = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ControlError(400, f"the body must be a JSON object: {e}") from None
+        obj = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+    except RecursionError:
+        raise PublicError(400, "the body must be a JSON object; it is nested too deeply") from None
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError included
+        raise PublicError(400, f"the body must be a JSON object: {protocol.printable(str(e), 200)}") from None
     if not isinstance(obj, dict):
-        raise ControlError(400, f"the body must be a JSON object; received {type(obj).__name__}")
+        raise PublicError(400, f"the body must be a JSON object; received {type(obj).__name__}")
     return obj
 
 
 def _slim(entry: dict[str, Any]) -> dict[str, Any]:
-    """A journal entry for the tab: the response's status and a bounded repr, not its whole result."""
+    """A journal entry for the tab: its label (for a line written before labels, from its kind), the response's
+    status and a bounded repr, not its whole result."""
     out = {k: v for k, v in entry.items() if k != "response"}
+    if entry.get("event") == "command":
+        out["label"] = command_label(entry)
     resp = entry.get("response")
     if isinstance(resp, dict):
         text = resp.get("repr")

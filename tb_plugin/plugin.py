@@ -1,7 +1,8 @@
 """The BIDViz TensorBoard plugin: the routes of DESIGN.md as a thin werkzeug shell over `core.ControlPlane`.
 
-Each route checks the request (`security.Guard`), calls one core method and answers JSON. Errors are TensorBoard
-`PublicError`s whose body is ``{"error": "<what to do>"}``, so TensorBoard's own error handling serves them.
+Each route checks the request (`security.Guard`), calls one core method and answers JSON. Every
+`bidviz.errors.BIDVizError` the guard or the core raises becomes a `RouteError` (a TensorBoard `PublicError`) with
+its `http_status` and the body ``{"error": "<what to do>"}``, so TensorBoard's own error handling serves it.
 Runs come from `context.data_provider`, which works with the Rust data server and the Python loader alike.
 """
 
@@ -19,8 +20,10 @@ from tensorboard.data import provider
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
+from bidviz import protocol
+from bidviz.errors import BIDVizError
 from bidviz.tb_plugin import security
-from bidviz.tb_plugin.core import ControlError, ControlPlane
+from bidviz.tb_plugin.core import PENDING, ControlPlane
 
 logger = logging.getLogger(__name__)
 
@@ -28,13 +31,17 @@ PLUGIN_NAME = "bidviz"
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
 
-class BIDVizError(errors.PublicError):
-    """A refused or failed request: TensorBoard answers it with `http_code` and our JSON body."""
+class RouteError(errors.PublicError):
+    """A refused or failed request as TensorBoard answers it: `http_code` and our JSON body."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(json.dumps({"error": message}))
         self.http_code = status
         self.message = message
+
+    @classmethod
+    def of(cls, error: BIDVizError) -> RouteError:
+        return cls(error.http_status, str(error))
 
 
 def static_files() -> dict[str, bytes]:
@@ -99,6 +106,7 @@ class BIDVizPlugin(base_plugin.TBPlugin):
             "/command": self._route(self._command, method="POST"),
             "/check": self._route(lambda core, req: core.check(req.get_data()), method="POST"),
             "/response": self._route(lambda core, req: core.response(req.args.get("run"), req.args.get("id"))),
+            "/kinds": self._route(lambda core, req: core.kinds()),
             "/tags": self._route(lambda core, req: core.scalar_tags(req.args.get("run"))),
             "/data": self._data,
         }
@@ -116,7 +124,7 @@ class BIDVizPlugin(base_plugin.TBPlugin):
 
     def _check(self, request: wrappers.Request, method: str) -> None:
         if request.method != method:
-            raise BIDVizError(405, f"use {method} for this route; received {request.method}")
+            raise RouteError(405, f"use {method} for this route; received {request.method}")
         try:
             self.guard.check(
                 security.Request(
@@ -128,9 +136,9 @@ class BIDVizPlugin(base_plugin.TBPlugin):
                     csrf=request.headers.get(security.CSRF_HEADER),
                 )
             )
-        except security.Refused as e:
-            logger.warning("BIDViz refused %s %s: %s", request.method, request.path, e.message)
-            raise BIDVizError(e.status, e.message) from None
+        except BIDVizError as e:
+            logger.warning("BIDViz refused %s %s: %s", request.method, request.path, e)
+            raise RouteError.of(e) from None
 
     def _route(self, impl: Callable[[ControlPlane, wrappers.Request], Any], method: str = "GET") -> Callable[..., Any]:
         @wrappers.Request.application
@@ -138,9 +146,10 @@ class BIDVizPlugin(base_plugin.TBPlugin):
             self._check(request, method)
             try:
                 body = impl(self.core(request.environ), request)
-            except ControlError as e:
-                raise BIDVizError(e.status, e.message) from None
-            return http_util.Respond(request, json.dumps(body, allow_nan=False), "application/json")
+            except BIDVizError as e:
+                raise RouteError.of(e) from None
+            pending = isinstance(body, dict) and body.get("status") == PENDING
+            return http_util.Respond(request, protocol.dumps(body), "application/json", code=202 if pending else 200)
 
         return app
 
@@ -157,8 +166,8 @@ class BIDVizPlugin(base_plugin.TBPlugin):
             body, content_type, filename = self.core(request.environ).data(
                 request.args.get("run"), request.args.get("tag"), request.args.get("format", "json")
             )
-        except ControlError as e:
-            raise BIDVizError(e.status, e.message) from None
+        except BIDVizError as e:
+            raise RouteError.of(e) from None
         disposition = "attachment" if request.args.get("download") else "inline"
         return http_util.Respond(
             request,
@@ -175,6 +184,6 @@ class BIDVizPlugin(base_plugin.TBPlugin):
         name = request.path.rsplit("/", 1)[-1]
         data = self._static.get(name)
         if data is None or "/static/" + name not in request.path:
-            raise BIDVizError(404, f"no such BIDViz asset: {name!r}")
+            raise RouteError(404, f"no such BIDViz asset: {name!r}")
         content_type = STATIC_TYPES[name[name.rfind(".") :]]
         return http_util.Respond(request, data, content_type)

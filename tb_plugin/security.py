@@ -10,7 +10,7 @@ inside training, so all of this is ours:
 - a POST must be ``Content-Type: application/json`` (no CORS-simple form post can send that) and carry the
   ``X-BIDViz-CSRF`` header equal to the token of ``GET csrf`` (which a cross-origin page cannot read).
 
-Framework-free: the shells pass header values in, a `Refused` comes out.
+Framework-free: the shells pass header values in, a `bidviz.errors.PublicError` (with its `http_status`) comes out.
 """
 
 from __future__ import annotations
@@ -22,17 +22,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from bidviz.errors import PublicError
+
 CSRF_HEADER = "X-BIDViz-CSRF"
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "[::1]")
-
-
-class Refused(Exception):
-    """A request refused before it reached the core; `status` is its HTTP status, the message says what to do."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _hostname(host: str) -> str:
@@ -82,7 +75,7 @@ class Guard:
     def check(self, req: Request) -> None:
         host = _hostname(req.host or "")
         if host not in self.allowed_hosts:
-            raise Refused(
+            raise PublicError(
                 403,
                 f"Host {req.host!r} is not allowed (allowed: {', '.join(sorted(self.allowed_hosts))}). Open BIDViz "
                 "as http://localhost:PORT or http://127.0.0.1:PORT, or start TensorBoard with "
@@ -91,17 +84,17 @@ class Guard:
         if req.origin is not None and req.origin != "null":
             origin = urlsplit(req.origin)
             if origin.scheme not in ("http", "https") or origin.netloc.lower() != (req.host or "").strip().lower():
-                raise Refused(
+                raise PublicError(
                     403,
                     f"cross-origin request refused: Origin {req.origin!r} is not this server ({req.host}); "
                     "use the BIDViz tab served by this TensorBoard",
                 )
         elif req.origin == "null":
-            raise Refused(403, "request from an opaque origin (Origin: null) refused; use the BIDViz tab")
+            raise PublicError(403, "request from an opaque origin (Origin: null) refused; use the BIDViz tab")
         site = (req.sec_fetch_site or "").strip().lower()
         allowed_sites = ("same-origin",) if req.method != "GET" else ("same-origin", "none")
         if site and site not in allowed_sites:
-            raise Refused(
+            raise PublicError(
                 403,
                 f"request refused: Sec-Fetch-Site is {site!r}, not same-origin; only pages of this TensorBoard may "
                 "call BIDViz",
@@ -110,14 +103,14 @@ class Guard:
             return
         media = (req.content_type or "").split(";", 1)[0].strip().lower()
         if media != "application/json":
-            raise Refused(
+            raise PublicError(
                 415,
                 f"a POST must be Content-Type: application/json; received {req.content_type or 'none'!r}",
             )
         if not req.csrf:
-            raise Refused(403, f"missing {CSRF_HEADER} header: GET csrf first and send its token with every POST")
+            raise PublicError(403, f"missing {CSRF_HEADER} header: GET csrf first and send its token with every POST")
         if not hmac.compare_digest(req.csrf.encode(), self.token.encode()):
-            raise Refused(
+            raise PublicError(
                 403,
                 f"wrong {CSRF_HEADER} token (TensorBoard may have restarted): GET csrf again and resend",
             )

@@ -1,7 +1,7 @@
 // The BIDViz tab. TensorBoard loads this module in an iframe and calls render(); it polls its runs and the
 // selected run's state about every second, and also refreshes when TensorBoard says its data reloaded.
 
-import {getJson, sendCommand} from './api.js';
+import {Api, ApiError, getJson} from './api.js';
 import {el, formatAge, formatValue, section} from './dom.js';
 import {HParamsPanel} from './hparams.js';
 import {MetricsPanel} from './metrics.js';
@@ -33,6 +33,8 @@ class App {
     this.timer = null;
     this.inflight = false;
     this.controllable = null;
+    this.api = new Api();
+    this.kinds = null; // GET kinds: the command kinds, metric kinds and metric-set format, from the one table
 
     this.runSelect = el('select', {testid: 'run-select', 'aria-label': 'run', onchange: () => this.select(this.runSelect.value)});
     this.badge = el('span', {class: 'badge', testid: 'run-status'});
@@ -122,7 +124,7 @@ class App {
 
   send(kind, args, onQueued = null) {
     if (!this.selected) return Promise.reject(new Error('pick a run first'));
-    return sendCommand(this.selected, kind, args, {onQueued});
+    return this.api.sendCommand(this.selected, kind, args, {onQueued});
   }
 
   refreshSoon() {
@@ -133,6 +135,11 @@ class App {
     this.banner.hidden = !text;
     this.banner.className = `banner ${kind}`;
     this.banner.textContent = text || '';
+  }
+
+  async loadKinds() {
+    this.kinds = await getJson('kinds');
+    this.metrics.setKinds(this.kinds);
   }
 
   async loadRuns() {
@@ -204,6 +211,7 @@ class App {
     }
     this.inflight = true;
     try {
+      if (!this.kinds) await this.loadKinds();
       if (this.tick % RUNS_EVERY === 0 || !this.runs.length) await this.loadRuns();
       this.tick += 1;
       await this.loadRun();
@@ -221,11 +229,20 @@ class App {
       return;
     }
     const run = this.selected;
-    const [stateData, journalData] = await Promise.all([
-      getJson('state', {run}),
+    let stateData;
+    const [stateResult, journalData] = await Promise.all([
+      getJson('state', {run}).catch((e) => e),
       getJson('journal', {run, limit: 200}).catch(() => ({entries: []})),
     ]);
     if (run !== this.selected) return;
+    if (stateResult instanceof ApiError && stateResult.status === 409) {
+      // The run's state.json is corrupt or unreadable: say which file and why, instead of "unreachable".
+      stateData = {state: null, live: 'unreadable', now: Date.now() / 1000, problem: stateResult.message};
+    } else if (stateResult instanceof Error) {
+      throw stateResult;
+    } else {
+      stateData = stateResult;
+    }
     this.state = stateData.state;
     this.live = stateData.live;
     this.showView(stateData);
@@ -248,6 +265,8 @@ class App {
       helpText.textContent = 'No runs in this log directory yet. Start a training script that writes here; to steer it from this tab, attach a Bridge:';
     } else if (this.problem) {
       this.showBanner(this.problem, 'warn');
+    } else if (data && data.problem) {
+      this.showBanner(data.problem, 'error');
     } else if (!state) {
       this.showBanner('');
       helpText.textContent = `Run "${this.selected}" has no BIDViz bridge, so it is shown read-only (downloads work). To steer a run from here, attach a Bridge in its training script:`;
@@ -266,7 +285,7 @@ class App {
     } else {
       this.showBanner('');
     }
-    this.help.hidden = Boolean(state) || Boolean(this.problem && this.runs.length);
+    this.help.hidden = Boolean(state) || Boolean(this.problem && this.runs.length) || Boolean(data && data.problem);
     this.main.hidden = !this.selected;
     const controllable = Boolean(state) && !this.problem;
     if (controllable !== this.controllable) {
@@ -286,7 +305,8 @@ class App {
       .slice()
       .reverse()
       .map((e) => {
-        const what = e.event === 'command' ? describe(e) : `${e.event} ${e.metric || ''}`.trim();
+        // The label is the kinds table's (the bridge writes it; the journal route adds it to older lines).
+        const what = e.event === 'command' ? e.label || e.kind : `${e.event} ${e.metric || ''}`.trim();
         const result =
           e.event === 'command'
             ? e.status === 'applied'
@@ -330,22 +350,6 @@ class App {
   }
 }
 
-function describe(e) {
-  const a = e.args || {};
-  switch (e.kind) {
-    case 'set_hparam':
-      return `set ${a.name} = ${formatValue(a.value)}`;
-    case 'add_metric':
-      return `add metric ${a.name}: ${String(a.code).split('\n')[0].slice(0, 80)}`;
-    case 'eval':
-      return `eval ${String(a.code).split('\n')[0].slice(0, 80)}`;
-    case 'add_diagnostics':
-      return `add diagnostics (every ${a.every ?? 1})`;
-    default:
-      return a.name ? `${e.kind} ${a.name}` : e.kind;
-  }
-}
-
 // TensorBoard tells its iframed plugins when it reloaded data, over a MessagePort it receives from us.
 function listenForReload(onReload) {
   if (window.parent === window) return;
@@ -384,7 +388,6 @@ export async function render() {
   document.body.append(root);
   followTheme();
   const app = new App(root);
-  window.bidviz = app; // for the curious, from the devtools console
   listenForReload(() => {
     app.tick = 0;
     app.loadTags();

@@ -1,11 +1,9 @@
 // Metrics: the active metrics with status, sparkline and last error; the add form with a live syntax check;
 // the diagnostics pack; export and import of metric sets (the format of `bidviz metric export`).
 
-import {errorText, postJson} from './api.js';
+import {errorText} from './api.js';
 import {chartPng, drawSparkline} from './chart.js';
 import {downloadText, downloadUrl, el, formatValue, section} from './dom.js';
-
-const EXPORT_FORMAT = 'bidviz_metrics';
 
 // Tab indents, Shift+Tab dedents, Enter keeps the line's indentation (and adds one level after a colon).
 export function attachCodeEditing(area) {
@@ -53,11 +51,9 @@ export class MetricsPanel {
     attachCodeEditing(this.code);
     this.every = el('input', {type: 'number', testid: 'metric-every', min: '1', value: '1', class: 'every'});
     this.replace = el('input', {type: 'checkbox', testid: 'metric-replace'});
-    this.kind = el(
-      'select',
-      {testid: 'metric-kind', title: 'how the value is written: auto picks scalar, histogram, image or text from it'},
-      ['auto', 'scalar', 'histogram', 'image', 'text'].map((k) => el('option', {value: k, text: k})),
-    );
+    // Its options come from GET kinds (setKinds), as do the metric-set format and the add_metric defaults.
+    this.kind = el('select', {testid: 'metric-kind', title: 'how the value is written'});
+    this.table = null;
     this.syntax = el('div', {class: 'inline-msg error', testid: 'metric-code-error'});
     this.status = el('div', {class: 'inline-msg', testid: 'metric-add-status'});
     this.addButton = el('button', {testid: 'metric-add', text: 'Add metric', onclick: () => this.add()});
@@ -126,7 +122,7 @@ export class MetricsPanel {
       return true;
     }
     try {
-      const result = await postJson('check', {code});
+      const result = await this.app.api.postJson('check', {code});
       if (code !== this.code.value) return true; // typed on meanwhile; the next check decides
       this.syntax.textContent = result.ok ? '' : `line ${result.line ?? '?'}: ${result.error}`;
       return result.ok;
@@ -181,14 +177,32 @@ export class MetricsPanel {
     this.app.refreshSoon();
   }
 
+  // The kinds table: the metric kinds for the <select>, the metric-set format, add_metric's argument defaults.
+  setKinds(table) {
+    this.table = table;
+    const addMetric = table.kinds.find((k) => k.kind === 'add_metric');
+    this.defaults = Object.fromEntries(addMetric.args.filter((a) => !a.required).map((a) => [a.name, a.default]));
+    const kindArg = addMetric.args.find((a) => a.name === 'kind');
+    this.kind.title = kindArg.help;
+    const chosen = this.kind.value || this.defaults.kind;
+    this.kind.replaceChildren(...table.metric_kinds.map((k) => el('option', {value: k, text: k})));
+    this.kind.value = chosen;
+  }
+
+  // A metric set as `bidviz metric export` writes it: {<key>: <version>, metrics: [{<fields>}]}.
+  metricSet() {
+    const {key, version, fields} = this.table.metric_set;
+    const metrics = Object.entries((this.state && this.state.metrics) || {}).map(([name, m]) =>
+      Object.fromEntries(fields.map((f) => [f, f === 'name' ? name : m[f] ?? this.defaults[f] ?? null])),
+    );
+    return {[key]: version, metrics};
+  }
+
   exportSet() {
-    const metrics = Object.entries((this.state && this.state.metrics) || {}).map(([name, m]) => ({
-      name,
-      code: m.code || '',
-      every: m.every || 1,
-      kind: m.kind || 'auto',
-    }));
-    const text = `${JSON.stringify({[EXPORT_FORMAT]: 1, metrics}, null, 2)}\n`;
+    if (!this.table) return this.say('the metric-set format has not loaded yet; try again in a moment', true);
+    const set = this.metricSet();
+    const metrics = set.metrics;
+    const text = `${JSON.stringify(set, null, 2)}\n`;
     downloadText(text, `metrics-${this.app.run().replace(/[^\w.-]+/g, '_')}.json`);
     this.say(`exported ${metrics.length} metric(s)`);
   }
@@ -197,17 +211,21 @@ export class MetricsPanel {
     const file = this.importInput.files[0];
     this.importInput.value = '';
     if (!file) return;
+    if (!this.table) return this.say('the metric-set format has not loaded yet; try again in a moment', true);
+    const {key, version, fields} = this.table.metric_set;
     let metrics;
     try {
       const data = JSON.parse(await file.text());
-      if (!data || data[EXPORT_FORMAT] !== 1 || !Array.isArray(data.metrics)) throw new Error('not a metric set');
-      metrics = data.metrics;
+      if (!data || data[key] !== version || !Array.isArray(data.metrics)) throw new Error('not a metric set');
+      metrics = data.metrics.filter((m) => m && typeof m === 'object');
     } catch (e) {
       return this.say(`${file.name} is not a metric set as "Export set" or \`bidviz metric export\` writes it (${e.message})`, true);
     }
     const failed = [];
     for (const m of metrics) {
-      const args = {name: m.name, code: m.code, every: m.every || 1, kind: m.kind || 'auto', replace: true};
+      // The set's fields as they are (the bridge validates them and fills in defaults), replacing a namesake.
+      const args = Object.fromEntries(fields.filter((f) => m[f] !== undefined && m[f] !== null).map((f) => [f, m[f]]));
+      args.replace = true;
       try {
         const resp = await this.app.send('add_metric', args);
         if (resp.status !== 'applied') failed.push(`${m.name}: ${errorText(resp.error)}`);

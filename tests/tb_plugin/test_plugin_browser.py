@@ -140,7 +140,7 @@ def test_steer_a_live_run_from_the_tab(tmp_path: Path, start_training: Any, star
     # Journal: who changed what, newest first.
     journal = ui.get_by_test_id("journal")
     expect(journal.locator("tbody tr").first).to_contain_text("eval 1 / 0")
-    expect(journal).to_contain_text("set lr = 0.033")
+    expect(journal).to_contain_text("set lr=0.033")
     expect(journal).to_contain_text("tab:127.0.0.1")
 
     # Pause and resume: training stops stepping, then goes on.

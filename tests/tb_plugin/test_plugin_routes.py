@@ -14,7 +14,10 @@ import pytest
 from tab_support import wait_for, wsgi_app
 from werkzeug.test import Client
 
-from bidviz.tb_plugin.core import ControlError, ControlPlane, DirectoryRuns
+from bidviz import kinds
+from bidviz.channel import Mailbox
+from bidviz.errors import PublicError
+from bidviz.tb_plugin.core import ControlPlane, DirectoryRuns
 
 P = "/data/plugin/bidviz"
 ID = "0123456789abcdef0123456789abcdef"
@@ -57,7 +60,7 @@ class Tab:
 
         def answered() -> Any:
             status, resp = self.get(f"/response?run={run}&id={command_id}")
-            assert status in (200, 404), resp
+            assert (status, resp["status"] == "pending") in ((200, False), (202, True)), resp
             return resp if status == 200 else None
 
         return wait_for(answered, f"the response to {kind}", 30)  # type: ignore[no-any-return]
@@ -133,8 +136,14 @@ def test_runs_state_command_response_journal_through_tensorboard(live: tuple[Tab
 
     status, journal = tab.get("/journal?run=exp")
     assert status == 200
-    kinds = [e.get("kind") for e in journal["entries"] if e["event"] == "command"]
-    assert kinds[-4:] == ["set_hparam", "eval", "eval", "add_metric"]
+    commands = [e for e in journal["entries"] if e["event"] == "command"]
+    assert [e.get("kind") for e in commands][-4:] == ["set_hparam", "eval", "eval", "add_metric"]
+    assert [e["label"] for e in commands][-4:] == [
+        "set lr=0.025",
+        "eval optimizer.param_groups[0]['lr']",
+        "eval 1/0",
+        "add metric w0: model.weight[0, 0].item()",
+    ]
     assert "response" not in journal["entries"][-1]  # slimmed: status and a bounded repr only
 
 
@@ -282,11 +291,11 @@ def test_run_names_that_escape_the_log_directory_are_refused(tmp_path: Path, sta
         def run_names(self) -> list[str]:
             return [*super().run_names(), "escape"]
 
-    with pytest.raises(ControlError, match="outside the log directory") as info:
+    with pytest.raises(PublicError, match="outside the log directory") as info:
         ControlPlane(str(logdir), Linked(logdir)).command(
             json.dumps({"run": "escape", "kind": "stop"}).encode(), sender="test"
         )
-    assert info.value.status == 403
+    assert info.value.http_status == 403
     assert inbox(outside / "victim") == victim_inbox
 
 
@@ -324,6 +333,7 @@ def test_a_run_without_a_bridge_is_listed_read_only(tmp_path: Path) -> None:
             "step": None,
             "steps_per_sec": None,
             "heartbeat": None,
+            "heartbeat_age": None,
             "paused": None,
             "pid": None,
             "host": None,
@@ -342,9 +352,9 @@ def test_logdir_spec_and_remote_logdirs_explain_themselves(tmp_path: Path) -> No
     assert "--logdir_spec" in (spec.control_problem() or "")
     remote = ControlPlane("gs://bucket/runs", DirectoryRuns(tmp_path))
     assert "remote" in (remote.control_problem() or "")
-    with pytest.raises(ControlError, match="remote") as info:
+    with pytest.raises(PublicError, match="remote") as info:
         remote.command(json.dumps({"run": "x", "kind": "stop"}).encode(), sender="t")
-    assert info.value.status == 409
+    assert info.value.http_status == 409
 
 
 def test_a_failed_import_shows_the_error_in_the_tab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -377,3 +387,116 @@ def test_a_mailbox_of_another_user_is_refused(live: tuple[Tab, Path]) -> None:
         assert inbox(run_dir) == []
     finally:
         os.chown(run_dir / ".bidviz", 0, 0)
+
+
+# -- the kinds table, and mailboxes that cannot be trusted -----------------------------------------------------
+
+
+def _bridgeless_run(logdir: Path, name: str = "exp") -> Mailbox:
+    """A run TensorBoard lists (an event file) with a mailbox but no bridge behind it: files are ours to forge."""
+    from tensorboardX import SummaryWriter
+
+    with SummaryWriter(str(logdir / name)) as w:
+        w.add_scalar("loss", 1.0, 0)
+    mailbox = Mailbox(logdir / name)
+    mailbox.create()
+    return mailbox
+
+
+def test_kinds_serves_the_one_table(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    tab = Tab(wsgi_app(tmp_path / "logs"))
+    status, table = tab.get("/kinds")
+    assert status == 200 and table == json.loads(json.dumps(kinds.public_table()))
+    assert table["metric_kinds"] == list(kinds.METRIC_KINDS)
+    assert table["metric_set"] == {"key": "bidviz_metrics", "version": 1, "fields": ["name", "code", "every", "kind"]}
+    assert [k["kind"] for k in table["kinds"]] == list(kinds.KINDS)
+
+
+def test_journal_lines_without_a_label_get_their_kinds_label(tmp_path: Path) -> None:
+    mailbox = _bridgeless_run(tmp_path / "logs")
+    old = {"event": "command", "kind": "set_hparam", "args": {"name": "lr", "value": 0.01}, "status": "applied"}
+    mailbox.append_journal(old)
+    mailbox.append_journal({**old, "label": "as the bridge wrote it"})
+    mailbox.append_journal({"event": "command", "kind": "launch_missiles", "args": {}, "status": "rejected"})
+    mailbox.append_journal({"event": "metric_error", "metric": "m"})
+    status, journal = Tab(wsgi_app(tmp_path / "logs")).get("/journal?run=exp")
+    assert status == 200, journal
+    assert [e.get("label") for e in journal["entries"]] == [
+        "set lr=0.01",
+        "as the bridge wrote it",
+        "launch_missiles",
+        None,
+    ]
+
+
+def test_pending_then_a_corrupt_response_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    mailbox = _bridgeless_run(tmp_path / "logs")
+    tab = Tab(wsgi_app(tmp_path / "logs"))
+    status, sent = tab.post("/command", {"run": "exp", "kind": "pause", "args": {}})
+    assert status == 200 and sent["live"] == "none", sent
+    status, body = tab.get(f"/response?run=exp&id={sent['id']}")
+    assert (status, body) == (202, {"id": sent["id"], "status": "pending"})
+    broken = mailbox.outbox / f"{sent['id']}.json"
+    broken.write_bytes(b'{"v": 1, "status": "appl')
+    status, err = tab.get(f"/response?run=exp&id={sent['id']}")
+    assert status == 409 and str(broken) in err["error"] and "corrupt" in err["error"], err
+    broken.unlink()
+    broken.mkdir()
+    status, err = tab.get(f"/response?run=exp&id={sent['id']}")
+    assert status == 409 and "is a directory" in err["error"], err
+
+
+def test_a_corrupt_or_unreadable_state_is_reported_by_runs_and_state(tmp_path: Path) -> None:
+    mailbox = _bridgeless_run(tmp_path / "logs")
+    tab = Tab(wsgi_app(tmp_path / "logs"))
+    for make_bad, reason in (
+        (lambda: mailbox.state_path.write_text("{not json"), "not JSON"),
+        (lambda: mailbox.state_path.write_text('"a string"'), "not an object"),
+        (lambda: (mailbox.state_path.unlink(), mailbox.state_path.mkdir()), "is a directory"),
+    ):
+        make_bad()
+        status, err = tab.get("/state?run=exp")
+        assert status == 409 and str(mailbox.state_path) in err["error"] and reason in err["error"], err
+        status, runs = tab.get("/runs")
+        (row,) = runs["runs"]
+        assert status == 200 and row["live"] == "unreadable" and reason in row["problem"], row
+        assert row["controllable"] is False
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000,
+        b'{"run": "exp", "kind": "pause", "args": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"run": "exp", "kind": "eval", "args": {"code": "1", "now": ' + b"9" * 5000 + b"}}",
+        b'{"run": "exp", "kind": "set_hparam", "args": {"name": "lr", "value": ' + b"9" * 4000 + b"}}",
+        b'{"run": "exp", "kind": "set_hparam", "args": {"name": "lr", "value": NaN}}',
+        b'{"run": "exp", "kind": "eval", "args": {"code": "\\ud800"}}',
+        b'{"run": "exp", "kind": "set_hparam", "args": {"name": "\\udfff", "value": 1}}',
+        b'{"run": "exp\\ud800", "kind": "pause", "args": {}}',
+        b'{"run": "exp", "kind": "\\ud800", "args": {}}',
+        b'{"run": "exp", "kind": "pause", "args": {}, "\\ud800": 1}',
+        b'{"run": "exp", "kind": "pause", "args": {"\\u0000": 1}}',
+        b"\xff\xfe{}",
+        b'{"run": "exp", "kind": "add_metric", "args": {"name": "m", "code": "1", "every": 1e400}}',
+    ],
+    ids=lambda b: b[:40].decode("latin-1"),
+)
+def test_hostile_json_is_answered_400_and_sends_nothing(tmp_path: Path, body: bytes) -> None:
+    mailbox = _bridgeless_run(tmp_path / "logs")
+    tab = Tab(wsgi_app(tmp_path / "logs"))
+    status, err = tab.post("/command", body)
+    assert status == 400, (status, err)
+    assert isinstance(err, dict) and err["error"], err
+    assert list(mailbox.inbox.iterdir()) == []
+    status, _ = tab.post("/check", body)
+    assert status in (200, 400)
+
+
+def test_check_survives_code_nested_past_the_compiler(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    tab = Tab(wsgi_app(tmp_path / "logs"))
+    for code in ("(" * 100_000, "-" * 99_000 + "1", "[" * 5000 + "]" * 5000):
+        status, body = tab.post("/check", {"code": code})
+        assert status == 200 and body["ok"] is False, body
