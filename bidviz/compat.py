@@ -52,8 +52,9 @@ def tbx_write_event(writer: Any, event: Any) -> bool:
             "SummaryWriter.file_writer or SummaryWriter._get_file_writer()"
         )
     events_writer = getattr(getattr(file_writer, "event_writer", None), "_ev_writer", None)
-    if callable(getattr(events_writer, "write_event", None)):
-        events_writer.write_event(event)
+    write_event = getattr(events_writer, "write_event", None)
+    if callable(write_event):
+        write_event(event)
         return True
     file_writer.add_event(event)
     return False

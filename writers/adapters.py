@@ -26,7 +26,8 @@ __all__ = ["HParamValue", "Writer", "as_writer", "encode_png", "image_to_uint8_h
 class Writer(Protocol):
     """What the Bridge writes through: one run directory, one thread writing, flush() from any thread."""
 
-    run_dir: str | None
+    @property
+    def run_dir(self) -> str | None: ...
 
     def add_scalar(self, tag: str, value: float, step: int) -> None: ...
 

@@ -129,7 +129,8 @@ class BIDVizCallback(TrainerCallback):  # type: ignore[misc]
             return os.fspath(run_dir), self.writer
         writer = self._trainer_writer()
         tb_dir = writer_dir(writer) if writer is not None else None
-        return run_dir_for(self.logdir, writer, tb_dir, os.path.join(args.output_dir, "bidviz"))
+        # TrainingArguments makes a missing output_dir "trainer_output"; typed as optional all the same.
+        return run_dir_for(self.logdir, writer, tb_dir, os.path.join(args.output_dir or "trainer_output", "bidviz"))
 
     def _trainer_writer(self) -> Any:
         """The writer of the Trainer's `TensorBoardCallback` (which opened it in its own `on_train_begin`, called

@@ -73,11 +73,11 @@ class OptaxBinding:
         bridge.namespace.update(opt_state=opt_state, jax=jax, jnp=jnp, optax=optax, host=jax.device_get)
         for key, idx in owners.items():
             name = RENAME.get(key, key)
-            scheduled = any(key in (getattr(found[i][1], "hyperparams_states", None) or ()) for i in idx)
+            is_scheduled = any(key in (getattr(found[i][1], "hyperparams_states", None) or ()) for i in idx)
             targets = [(name, idx)] + ([(f"{name}@{n}", [i]) for n, i in enumerate(idx)] if len(idx) > 1 else [])
             for hp_name, where in targets:
                 lo, hi = default_bounds(key)
-                setter = self._refuser(hp_name) if scheduled else self._setter(key, where)
+                setter = self._refuser(hp_name) if is_scheduled else self._setter(key, where)
                 bridge.bind_hparam(hp_name, self._getter(key, where[0]), setter, min=lo, max=hi)
 
     def step(self, step: int | None, opt_state: Any, **context: Any) -> Any:
@@ -144,8 +144,8 @@ def _like(old: Any, value: Any) -> Any:
 
 
 def _is_inject_state(node: Any) -> bool:
-    fields = getattr(node, "_fields", None)
-    return bool(fields) and "hyperparams" in fields and "inner_state" in fields
+    fields = getattr(node, "_fields", None) or ()
+    return "hyperparams" in fields and "inner_state" in fields
 
 
 def _find_inject_states(node: Any, path: Path = ()) -> Iterator[tuple[Path, Any]]:
