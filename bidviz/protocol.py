@@ -58,10 +58,9 @@ class Clock:
 
     def __call__(self) -> float:
         with self._lock:
-            now = time.time()
-            ms = max(int(now * 1000), self._last_ms + 1)
+            ms = max(int(time.time() * 1000), self._last_ms + 1)
             self._last_ms = ms
-            return max(now, ms / 1000)
+            return ms / 1000  # whole milliseconds: the inbox name's prefix is exactly this, never rounded down
 
 
 _clock = Clock()
@@ -82,7 +81,7 @@ def default_sender() -> str:
 
 def inbox_name(command_id: str, sent_at: float | None = None) -> str:
     """File name of a command in `inbox/`: milliseconds first, so names sort in sending order."""
-    ms = int((time.time() if sent_at is None else sent_at) * 1000)
+    ms = round((time.time() if sent_at is None else sent_at) * 1000)
     return f"{ms:013d}-{command_id}.json"
 
 

@@ -74,11 +74,15 @@ def render(value: Any) -> Rendered:
         result = protocol.to_json_value(value)
         if len(protocol.dumps(result)) > RESULT_LIMIT:
             result = None
-    except Exception:  # noqa: BLE001 - not JSON, or a container whose methods raise: the repr still says it
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # noqa: BLE001 - not JSON, or a container whose methods raise: the repr still says it
         result = None
     try:
         text = repr(value)
-    except Exception as e:  # noqa: BLE001 - a broken __repr__ is not the command's failure
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # noqa: BLE001 - a broken __repr__ (even one raising SystemExit) is not a failure
         text = f"<repr failed: {type(e).__name__}: {e}>"
     if not isinstance(text, str):
         text = f"<repr returned {type(text).__name__}, not str>"

@@ -187,7 +187,8 @@ class Parts:
             except (ProtocolError, RecursionError, ValueError, TypeError) as e:
                 self._restore_failed(f"metric {name}", f"its code no longer compiles: {e}")
                 broken = Metric(name, spec["code"], spec["every"], spec.get("kind", "auto"), _never, spec["sender"])
-                broken.status, broken.last_error = "disabled", error_info(e, "<metric")
+                broken.status = "disabled"
+                broken.last_error = e.as_error() if isinstance(e, ProtocolError) else error_info(e, "<metric")
                 self.registry.metrics[name] = broken
                 continue
             self.registry.install(spec, code, spec["sender"], status=spec["status"])
