@@ -240,6 +240,11 @@ def test_metric_controls_diagnostics_export_import_png_and_now(
     expect(ui.get_by_test_id("metric-add-status")).to_contain_text("imported 1 metric")
     expect(ui.get_by_test_id("metric-status-wsum")).to_have_text("running")
 
+    # The metric kinds come from GET kinds (the one table), not from a copy in the tab.
+    from bidviz import kinds
+
+    expect(ui.get_by_test_id("metric-kind").locator("option")).to_have_text(list(kinds.METRIC_KINDS))
+    expect(ui.get_by_test_id("metric-kind")).to_have_value("auto")
     ui.get_by_test_id("metric-name").fill("wdist")
     ui.get_by_test_id("metric-code").fill("model.weight.detach().flatten()")
     ui.get_by_test_id("metric-kind").select_option("histogram")
