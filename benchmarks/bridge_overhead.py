@@ -284,7 +284,7 @@ def bench_metrics(cfg: Config, root: Path) -> bool:
             times["torch"].append(_run_by_hand(torch_writer, tags, start, n))
             times["null"].append(_run_bridge(null_bridge, start, n))
             start += n
-        errors = {name: m.error_count for name, m in bridge._metrics.items() if m.error_count}
+        errors = {name: m["error_count"] for name, m in bridge.state()["metrics"].items() if m["error_count"]}
     finally:
         bridge.close()
         null_bridge.close()

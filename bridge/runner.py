@@ -27,26 +27,28 @@ class MetricRunner:
         self.registry = registry
         self.timer = timer
         self._journal = journal
+        self._watch = False  # the last step left more threads running: count them per metric
 
     def run(self, step: int, before: Callable[[], Any] | None) -> None:
-        """Every running metric due at `step`; `before` runs once first, if any is due."""
+        """Every running metric due at `step`; `before` runs once first, if any is due.
+
+        Threads are counted once per step; only after a step that left more of them running is each metric
+        watched on its own (two lock round trips each), until a step leaves none."""
         writer = self.registry.writer
         call = self.timer.call
+        watch = self._watch
+        at_start = threading.active_count()
         for m in self.registry.active:
             if step % m.every:
                 continue
             if before is not None:
                 before, prepare = None, before
                 prepare()
-            threads = threading.active_count()
+            threads = threading.active_count() if watch else 0
             try:
                 shown = call(_value_of, m, writer, step)
-                m.threads_left = m.threads_left + 1 if threading.active_count() > threads else 0
-                if m.threads_left >= THREAD_STRIKES:
-                    raise ThreadsLeft(
-                        f"metric {m.name!r} left more threads running on {THREAD_STRIKES} runs in a row; a metric "
-                        "must not start threads (each step would start more)"
-                    )
+                if watch:
+                    self._count_threads(m, threads)
             except KeyboardInterrupt:
                 raise
             except MetricTimeout as e:
@@ -58,8 +60,17 @@ class MetricRunner:
                     m.errors_in_row = 0
                 else:
                     m.record_value(step, shown)
-
                     self.registry.wrote = True
+        self._watch = threading.active_count() > at_start
+
+    @staticmethod
+    def _count_threads(m: Metric, before: int) -> None:
+        m.threads_left = m.threads_left + 1 if threading.active_count() > before else 0
+        if m.threads_left >= THREAD_STRIKES:
+            raise ThreadsLeft(
+                f"metric {m.name!r} left more threads running on {THREAD_STRIKES} runs in a row; a metric must not "
+                "start threads (each step would start more)"
+            )
 
     def _failed(self, m: Metric, step: int, exc: BaseException, message: str | None = None) -> None:
         info = failure_info(exc, "<metric")
