@@ -180,7 +180,7 @@ class Mailroom:
                 self.recorder.mailbox.write_atomic(self.recorder.mailbox.outbox / f"{cid}.json", protocol.dumps(done))
             self._forget(path)
             return True
-        if cid in self._recent or cid in self._inflight_ids:
+        if cid in self._recent or cid in self._inflight_ids or (self.recorder.mailbox.outbox / f"{cid}.json").exists():
             self._forget(path)  # a duplicate delivery: the first file with this id gets the one response
             return True
         return False

@@ -32,7 +32,7 @@ from .mailroom import Mailroom
 from .metrics import Metric, compile_metric, error_info
 from .recorder import STATE_SECONDS, Recorder, build_response
 from .registry import Control, Registry
-from .replay import Restored, read_lines, replay
+from .replay import Restored, last_checkpoint, read_lines, replay
 from .runner import MetricRunner
 
 HEARTBEAT_SECONDS = 1.0
@@ -97,7 +97,7 @@ class Parts:
                 poll_interval=poll_interval,
             )
             restored = self._replay(resume)
-            self.recorder.start()
+            self.recorder.start(restored, restore=resume)
             self.recorder.write_state()
             self.mailroom.start(restored)
             undo.callback(self.mailroom.stop)
@@ -179,7 +179,8 @@ class Parts:
             wanted = {protocol.id_from_filename(n) for n in os.listdir(self.mailbox.inbox)}
         except OSError:
             wanted = set()
-        restored = replay(read_lines(self.mailbox.journal_path), wanted=wanted, restore=resume)
+        journal = self.mailbox.journal_path
+        restored = replay(read_lines(journal, last_checkpoint(journal)), wanted=wanted, restore=resume)
         self.registry.overrides = dict(restored.hparams)
         for name, spec in restored.metrics.items():
             try:

@@ -30,6 +30,7 @@ from bidviz.channel import Mailbox
 
 from .admission import Admitted
 from .effects import Rendered, render
+from .replay import Restored, checkpoint, fold
 
 STATE_SECONDS = 0.2
 JOURNAL_REPR = 4_000  # characters of a result's repr kept in its journal line (the response has more)
@@ -37,6 +38,7 @@ OUTBOX_SECONDS = 3600.0  # responses are kept this long after they were journale
 OUTBOX_MAX = 10_000  # and at most this many
 TMP_SECONDS = 600.0  # a file left in tmp/ this long belongs to a writer that died
 PRUNE_SECONDS = 60.0
+CHECKPOINT_LINES = 1000  # journal lines between checkpoints: a resume reads at most about this many
 
 
 def build_response(
@@ -93,6 +95,10 @@ class Recorder:
             queue.SimpleQueue()
         )
         self._thread = threading.Thread(target=self._run, name="bidviz-io", daemon=True)
+        self._journal_lock = threading.Lock()  # the file's order is the order lines are folded in
+        self._folded = Restored()  # what a replay of everything journaled so far gives: the next checkpoint
+        self._restore = True
+        self._since_checkpoint = 0
         self._answered: collections.deque[tuple[float, str]] = (
             collections.deque()
         )  # (time, id) of responses written, oldest first, for pruning
@@ -101,7 +107,16 @@ class Recorder:
         self.error: str | None = None  # the last write that failed (a full disk): shown in state.json
         self.on_removed: Callable[[str], None] | None = None  # a command file left the inbox: its name
 
-    def start(self) -> None:
+    def start(self, restored: Restored, *, restore: bool = True) -> None:
+        """Begin with what the replay gave (`restore=False`: a fresh start, whose checkpoints forget the past)."""
+        self._folded = Restored(
+            hparams=dict(restored.hparams), metrics={n: dict(m) for n, m in restored.metrics.items()}
+        )
+        self._folded.interrupted = dict(restored.interrupted)
+        self._restore = restore
+        if not restore:  # what came before no longer counts: say so now, in case this run crashes
+            self._since_checkpoint = 1
+            self._checkpoint()
         self.prune(time.time())
         self._thread.start()
 
@@ -128,10 +143,14 @@ class Recorder:
                 self._failed(f"could not write state.json: {e}")
 
     def close(self, timeout: float = 60) -> None:
-        """Write everything queued, then stop."""
+        """Write everything queued and a last checkpoint (the next start reads from it), then stop."""
         self._jobs.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)
+        try:
+            self._checkpoint()
+        except OSError as e:
+            self._failed(f"could not write the journal's checkpoint: {e}")
         os.close(self._fd)
 
     # -- the I/O thread -----------------------------------------------------------------------------------------
@@ -166,15 +185,28 @@ class Recorder:
             if file is not None:
                 self._remove(file)
         self.error = None
+        if self._since_checkpoint >= CHECKPOINT_LINES:
+            self._checkpoint()
         if now - self._last_prune >= PRUNE_SECONDS or len(self._answered) > OUTBOX_MAX:
             self.prune(now)
 
     def _append(self, entries: list[dict[str, Any]]) -> None:
         data = b"".join(protocol.dumps(e) + b"\n" for e in entries)
-        written = 0
-        while written < len(data):
-            written += os.write(self._fd, data[written:])
-        os.fsync(self._fd)
+        with self._journal_lock:
+            written = 0
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+            os.fsync(self._fd)
+            for entry in entries:
+                fold(self._folded, entry, restore=self._restore)
+            self._since_checkpoint += len(entries)
+
+    def _checkpoint(self) -> None:
+        with self._journal_lock:
+            if self._since_checkpoint:
+                self._since_checkpoint = 0
+                os.write(self._fd, protocol.dumps(checkpoint(self._folded)) + b"\n")
+                os.fsync(self._fd)
 
     def _remove(self, file: Path) -> None:
         """Take a handled command file out of the inbox; anything that is not a file is moved into tmp/."""

@@ -1,7 +1,9 @@
 """Replay: what a resumed run gets back from its journal. A pure function of the journal's lines.
 
-The journal is outside data too (a person may edit it, a crash may cut it): a line that does not parse or does
-not fit is skipped and counted, never fatal.
+The recorder appends a `checkpoint` line now and then (and at close) holding what a replay up to it gives; a
+resume starts from the last checkpoint and reads only the lines after it, so its time follows what it restores,
+not the journal's length. The journal is outside data too (a person may edit it, a crash may cut it): a line that
+does not parse or does not fit is skipped and counted, never fatal.
 """
 
 from __future__ import annotations
@@ -28,13 +30,41 @@ class Restored:
     skipped: int = 0  # lines that did not parse or did not fit
 
 
-def read_lines(path: Path) -> Iterator[dict[str, Any] | None]:
-    """Each line of a journal as a dict, or None for one that does not parse (a cut last line, an edit)."""
+CHECKPOINT_MARK = b'{"event":"checkpoint"'
+_CHUNK = 1 << 16
+
+
+def last_checkpoint(path: Path) -> int:
+    """The byte offset of the journal's last checkpoint line (0 when it has none), found reading backwards."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return 0
+    with f:
+        end = f.seek(0, 2)
+        tail = b""
+        while end > 0:
+            start = max(0, end - _CHUNK)
+            f.seek(start)
+            block = f.read(end - start) + tail
+            at = block.rfind(b"\n" + CHECKPOINT_MARK)
+            if at >= 0:
+                return start + at + 1
+            if start == 0 and block.startswith(CHECKPOINT_MARK):
+                return 0
+            tail = block[: len(CHECKPOINT_MARK) + 1]  # a mark cut by the chunk boundary
+            end = start
+    return 0
+
+
+def read_lines(path: Path, offset: int = 0) -> Iterator[dict[str, Any] | None]:
+    """Each line of a journal from `offset` as a dict, or None for one that does not parse (a cut line, an edit)."""
     try:
         f = open(path, "rb")
     except FileNotFoundError:
         return
     with f:
+        f.seek(offset)
         for raw in f:
             try:
                 entry = json.loads(raw)
@@ -57,8 +87,34 @@ def replay(lines: Iterable[dict[str, Any] | None], *, wanted: set[str], restore:
     return out
 
 
+def checkpoint(state: Restored) -> dict[str, Any]:
+    """The line that stands for every line before it."""
+    return {
+        "event": "checkpoint",
+        "hparams": state.hparams,
+        "metrics": state.metrics,
+        "interrupted": state.interrupted,
+    }
+
+
+def fold(out: Restored, entry: dict[str, Any], *, restore: bool = True) -> None:
+    """One line into `out` (the recorder keeps its running checkpoint with this)."""
+    try:
+        _fold(out, entry, set(), restore)
+    except Exception:  # noqa: BLE001 - our own lines fit; a line that does not is left out of the checkpoint
+        out.skipped += 1
+
+
 def _fold(out: Restored, entry: dict[str, Any], wanted: set[str], restore: bool) -> bool:
     event = entry.get("event")
+    if event == "checkpoint":
+        hparams, metrics, interrupted = entry.get("hparams"), entry.get("metrics"), entry.get("interrupted")
+        if isinstance(interrupted, dict):
+            out.interrupted = {k: v for k, v in interrupted.items() if isinstance(v, dict)}
+        if restore and isinstance(hparams, dict) and isinstance(metrics, dict):
+            out.hparams = dict(hparams)
+            out.metrics = {n: _metric_spec(m) for n, m in metrics.items()}
+        return True
     if event == "applying":
         for c in entry.get("commands") or ():
             if isinstance(c, dict) and isinstance(c.get("id"), str):
@@ -82,3 +138,15 @@ def _fold(out: Restored, entry: dict[str, Any], wanted: set[str], restore: bool)
     sender = entry.get("sender")
     behaviour.replay(out, args, sender if isinstance(sender, str) else "")
     return True
+
+
+def _metric_spec(spec: Any) -> dict[str, Any]:
+    """A metric of a checkpoint line, as strict as an add_metric command."""
+    args = kinds.ADD_METRIC.parse_args({k: spec[k] for k in ("name", "code", "every", "kind") if k in spec})
+    status = spec.get("status")
+    sender = spec.get("sender")
+    return {
+        **args,
+        "status": status if status in ("running", "paused", "disabled") else "running",
+        "sender": sender if isinstance(sender, str) else "",
+    }

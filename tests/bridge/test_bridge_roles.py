@@ -209,3 +209,37 @@ def test_answered_commands_leave_the_outbox_and_tmp_leftovers_go(tmp_path, monke
     assert len(commands) == 120, "the journal keeps every answer"
     state = json.loads(mb.state_path.read_text())
     assert state["hparams"]["lr"]["value"] == 0.119
+
+
+def test_resume_reads_from_the_last_checkpoint_not_the_whole_journal(tmp_path, monkeypatch):
+    monkeypatch.setattr(recorder_module, "CHECKPOINT_LINES", 50)
+    run = tmp_path / "run"
+    mb = Mailbox(run)
+    with Bridge(run) as bridge:
+        bridge.hparam("lr", 0.1)
+        bridge.step(0)
+        step = 1
+        for i in range(130):
+            cid = mb.send(protocol.make_command("set_hparam", {"name": "lr", "value": i / 1000}))
+            step = step_until(bridge, lambda cid=cid: mb.read_response(cid) is not None, start=step)
+        bridge.add_metric("twice", "step * 2")
+        cid = mb.send(protocol.make_command("add_metric", {"name": "thrice", "code": "step * 3", "every": 2}))
+        step_until(bridge, lambda: mb.read_response(cid) is not None, start=step)
+    lines = mb.journal_path.read_bytes().splitlines()
+    marks = [i for i, line in enumerate(lines) if line.startswith(b'{"event":"checkpoint"')]
+    assert len(marks) >= 3 and marks[-1] == len(lines) - 1, "checkpoints now and then, and one at close"
+    from bidviz.bridge.replay import last_checkpoint, read_lines
+
+    tail = list(read_lines(mb.journal_path, last_checkpoint(mb.journal_path)))
+    assert len(tail) == 1, "a resume reads one line"
+    with Bridge(run) as bridge:
+        bridge.hparam("lr", 0.1)
+        assert bridge.hparams["lr"] == 0.129
+        metrics = bridge.state()["metrics"]
+        assert metrics["thrice"]["every"] == 2 and "twice" not in metrics, "API metrics are not journaled"
+    with Bridge(run, resume=False) as bridge:  # a fresh start
+        bridge.hparam("lr", 0.1)
+        assert bridge.hparams["lr"] == 0.1
+    with Bridge(run) as bridge:  # its checkpoint forgot the past
+        bridge.hparam("lr", 0.1)
+        assert bridge.hparams["lr"] == 0.1 and bridge.state()["metrics"] == {}
