@@ -186,6 +186,12 @@ class ControlPlane:
         resp = mailbox.read_response(command_id)
         if resp is None:
             return {"id": command_id, "status": PENDING}
+        if resp.get("status") not in protocol.STATUSES:  # a hand-made file must not pass for one (or for pending)
+            raise PublicError(
+                409,
+                f"{mailbox.outbox / command_id}.json is not a response: its status is {_shown(resp.get('status'))}, "
+                f"not one of {', '.join(protocol.STATUSES)}; remove the file",
+            )
         return resp
 
     @staticmethod

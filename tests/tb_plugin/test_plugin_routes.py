@@ -441,6 +441,9 @@ def test_pending_then_a_corrupt_response_is_an_error_naming_the_file(tmp_path: P
     broken.write_bytes(b'{"v": 1, "status": "appl')
     status, err = tab.get(f"/response?run=exp&id={sent['id']}")
     assert status == 409 and str(broken) in err["error"] and "corrupt" in err["error"], err
+    broken.write_text(json.dumps({"v": 1, "id": sent["id"], "status": "pending"}))  # a forged "pending"
+    status, err = tab.get(f"/response?run=exp&id={sent['id']}")
+    assert status == 409 and "is not a response" in err["error"], err
     broken.unlink()
     broken.mkdir()
     status, err = tab.get(f"/response?run=exp&id={sent['id']}")
