@@ -34,6 +34,14 @@ def test_stop_ends_training_and_status_goes_from_live_to_ended(
     assert out.stdout.splitlines()[1].split()[:2] == ["run_a", "ended"]
     assert state(run)["closed"] is True
 
+    # The real run's state.json, cut short (a disk that filled up, a bad copy): said so, not taken for "no bridge".
+    state_json = run / ".bidviz" / "state.json"
+    state_json.write_text(state_json.read_text()[:40])
+    (entry,) = json.loads(cli("status", tmp_path / "logs", "--json").stdout)
+    assert entry["state"] == "unreadable" and str(state_json) in entry["problem"]
+    out = cli("metric", "ls", run)
+    assert out.returncode == 1 and f"{state_json} (the bridge's state) is corrupt: not JSON" in out.stderr, out.stderr
+
 
 def test_command_to_an_ended_run_exits_3_and_is_applied_when_it_comes_back(
     cli: Cli, start_training: StartTraining, tmp_path: Path, state: ReadState
