@@ -145,10 +145,14 @@ class Mailroom:
         cid = protocol.id_from_filename(name)
         if self._answered_before(cid, path):
             return
+        # From here on the id is answered (a rejection too, written later by the recorder): a second file with it
+        # is a duplicate, even while this answer is in flight.
+        self._inflight_ids.add(cid)
         try:
             item = admission.admit(path, secret=self.secret, registry=self.runtime.registry)
         except FileNotFoundError:
             self._inflight.discard(name)
+            self._inflight_ids.discard(cid)
             return
         except ProtocolError as e:
             self._reject(path, e)
@@ -159,7 +163,6 @@ class Mailroom:
         except RecursionError:
             self._reject(path, ProtocolError("the code is nested too deeply to compile", type="SyntaxError"))
             return
-        self._inflight_ids.add(cid)
         if BEHAVIOURS[item.command.kind].kind.runs_now(item.command.args) and not closing:
             self._run_now(item)
         else:
@@ -172,6 +175,7 @@ class Mailroom:
         if info is not None:
             behaviour = BEHAVIOURS.get(info.get("kind"))  # type: ignore[arg-type]
             if behaviour is None or not behaviour.kind.idempotent:
+                self._inflight_ids.add(cid)
                 self._interrupted(cid, path, info)
                 return True
         done = self._restored.done.pop(cid, None)
@@ -200,8 +204,11 @@ class Mailroom:
             os.unlink(path)
         except FileNotFoundError:
             pass
-        except OSError:
-            return
+        except OSError:  # a directory: out of the inbox all the same, as the recorder moves one it answered
+            try:
+                os.rename(path, self.recorder.mailbox.tmp / f"quarantine-{time.time_ns()}-{path.name[:80]}")
+            except OSError:
+                return
         self._inflight.discard(path.name)
 
     def _reject(self, path: Path, error: ProtocolError) -> None:
