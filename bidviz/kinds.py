@@ -21,6 +21,8 @@ from typing import Any
 from .errors import ProtocolError
 
 METRIC_KINDS = ("auto", "scalar", "histogram", "image", "text")
+#: how a metric's values of the ranks of a distributed job become one: rank 0's, reduced, or one series per rank
+REDUCTIONS = ("rank0", "mean", "sum", "max", "min", "all")
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-/@]{0,127}")
 MAX_CODE_CHARS = 100_000
 
@@ -79,6 +81,22 @@ def _metric_kind(value: object, what: str) -> str:
     if value not in METRIC_KINDS:
         raise ProtocolError(
             f"{what} must be one of {', '.join(METRIC_KINDS)}; received {_short(value)}", type="InvalidArgs"
+        )
+    return value  # type: ignore[return-value]
+
+
+def _reduction(value: object, what: str) -> str:
+    if value not in REDUCTIONS:
+        raise ProtocolError(
+            f"{what} must be one of {', '.join(REDUCTIONS)}; received {_short(value)}", type="InvalidArgs"
+        )
+    return value  # type: ignore[return-value]
+
+
+def _ranks(value: object, what: str) -> str:
+    if value not in ("0", "all"):
+        raise ProtocolError(
+            f'{what} must be "0" (rank 0 answers) or "all"; received {_short(value)}', type="InvalidArgs"
         )
     return value  # type: ignore[return-value]
 
@@ -151,7 +169,8 @@ class Kind:
         extra = sorted(str(k) for k in args if k not in allowed)
         if extra:
             raise ProtocolError(
-                f"{self.name} takes args {', '.join(allowed) or '(none)'}; unknown {', '.join(printable_name(e) for e in extra)}",
+                f"{self.name} takes args {', '.join(allowed) or '(none)'}; "
+                f"unknown {', '.join(printable_name(e) for e in extra)}",
                 type="InvalidArgs",
             )
         out: dict[str, Any] = {}
@@ -271,6 +290,12 @@ ADD_METRIC = Kind(
         _EVERY,
         Arg("replace", _flag, False, "replace a metric of the same name"),
         Arg("kind", _metric_kind, "auto", "how values are written: " + ", ".join(METRIC_KINDS)),
+        Arg(
+            "reduce",
+            _reduction,
+            "rank0",
+            "on a distributed job: rank 0's value, or the ranks' mean, sum, max or min, or all (one series a rank)",
+        ),
     ),
     label="add metric {name}: {code}",
     help="add a metric from Python code, run every Nth step, written as bidviz/NAME",
@@ -329,6 +354,7 @@ EVAL = Kind(
     (
         Arg("code", _code, help="statements and/or a last expression, whose value is the result"),
         Arg("now", _flag, False, "run at once in the mailroom thread, not at a step boundary (for a stuck run)"),
+        Arg("ranks", _ranks, "0", 'on a distributed job: "all" answers with every rank\'s result, rank -> repr'),
     ),
     label="eval {code}",
     help="run Python code against the live model; prints the result or the traceback",
@@ -389,7 +415,7 @@ def get(kind: object) -> Kind:
 
 METRIC_SET_FORMAT = "bidviz_metrics"  # the key that marks a metric set; its value is the format's version
 METRIC_SET_VERSION = 1
-METRIC_SET_FIELDS = ("name", "code", "every", "kind")
+METRIC_SET_FIELDS = ("name", "code", "every", "kind", "reduce")
 
 
 def metric_set(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -397,7 +423,13 @@ def metric_set(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return {
         METRIC_SET_FORMAT: METRIC_SET_VERSION,
         "metrics": [
-            {"name": name, "code": m.get("code"), "every": m.get("every", 1), "kind": m.get("kind", "auto")}
+            {
+                "name": name,
+                "code": m.get("code"),
+                "every": m.get("every", 1),
+                "kind": m.get("kind", "auto"),
+                "reduce": m.get("reduce", "rank0"),
+            }
             for name, m in metrics.items()
         ],
     }

@@ -28,7 +28,7 @@ class Admitted:
     """A command ready to apply: parsed, checked, and its code compiled."""
 
     command: Command
-    file: Path
+    file: Path | None  # None on the other ranks of a distributed job, which get the command from rank 0
     received_at: float
     code: Any = None  # what the kind's admit step made: a metric's code object, an eval's (stmts, expr), ...
 
@@ -81,6 +81,11 @@ def admit(path: Path, *, secret: str | None, registry: Registry, now: float | No
             "waiting); it was not applied: send it again",
             type="Expired",
         )
+    return admit_command(cmd, registry, path, received)
+
+
+def admit_command(cmd: Command, registry: Registry, path: Path | None, received: float) -> Admitted:
+    """A parsed command through its kind's admit step (checks against the registry, compiling)."""
     behaviour = BEHAVIOURS[cmd.kind]
     code = behaviour.admit(registry, cmd) if behaviour.admit is not None else None
     return Admitted(cmd, path, received, code)

@@ -46,12 +46,15 @@ class Applier:
         self._journal_ahead = journal_ahead
 
     def apply_pending(self) -> None:
-        """Everything handed off so far, in order; risky kinds journaled as `applying` first (write-ahead)."""
+        """Everything handed off so far, in order."""
         batch = []
         while (item := self.handoff.take()) is not None:
             batch.append(item)
-        if not batch:
-            return
+        if batch:
+            self.apply_items(batch)
+
+    def apply_items(self, batch: list[Admitted]) -> None:
+        """`batch` in order; risky kinds journaled as `applying` first (write-ahead)."""
         risky = [i for i in batch if not BEHAVIOURS[i.command.kind].kind.idempotent]
         if risky:
             self._journal_ahead(risky, self.runtime.control.at)

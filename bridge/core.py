@@ -25,6 +25,10 @@ from .parts import Parts
 class Bridge:
     """Log-plus-control bridge for one run directory.
 
+    On every rank of a torch.distributed job (detected, or given as `rank=`/`world=`), make one `Bridge` on the
+    same run directory: rank 0 owns the mailbox, and every rank applies every command at the same step (see
+    `ranks`). `dist_timeout` bounds how long the ranks wait for each other at a sync point.
+
     `step()` with nothing to do costs one increment and one comparison; admission, compiling and disk writes happen
     in the mailroom and recorder threads, and the slow path of `step()` only applies and runs metrics.
     """
@@ -40,6 +44,9 @@ class Bridge:
         poll_interval: float | None = None,
         hook_budget: float = 10.0,
         flush_secs: float = 1.0,
+        rank: int | None = None,
+        world: int | None = None,
+        dist_timeout: float = 300.0,
     ) -> None:
         self._calls = 0
         self._next_check = 0
@@ -58,6 +65,9 @@ class Bridge:
             poll_interval=poll_interval,
             hook_budget=hook_budget,
             flush_secs=flush_secs,
+            rank=rank,
+            world=world,
+            dist_timeout=dist_timeout,
         )  # raises after releasing whatever it took
         self.run_dir, self.mailbox, self.writer = parts.run_dir, parts.mailbox, parts.writer
         self.secret, self.hook_budget, self.flush_secs = parts.secret, hook_budget, flush_secs
@@ -94,6 +104,11 @@ class Bridge:
     @property
     def steps_per_sec(self) -> float:
         return self._control.steps_per_sec
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in a distributed job (0 for a single process)."""
+        return self._parts.ranks.rank if self._parts.ranks is not None else 0
 
     # -- registration -----------------------------------------------------------------------------------------------
 

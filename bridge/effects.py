@@ -25,6 +25,7 @@ from .metrics import compile_eval, compile_metric
 if TYPE_CHECKING:
     from .admission import Admitted
     from .interrupt import HookTimer
+    from .ranks import Ranks
     from .registry import Control, Registry
     from .replay import Restored
 
@@ -38,6 +39,7 @@ class Runtime:
     registry: Registry
     control: Control
     timer: HookTimer
+    ranks: Ranks | None = None  # the ranks of a distributed job, None for one process
 
 
 @dataclass(frozen=True)
@@ -253,7 +255,20 @@ def run_code(code: tuple[types.CodeType | None, types.CodeType | None], namespac
 
 
 def run_terminal(rt: Runtime, item: Admitted) -> Any:
-    return rt.timer.call(run_code, item.code, rt.registry.namespace)
+    if rt.ranks is None or item.command.args.get("ranks") != "all":
+        return rt.timer.call(run_code, item.code, rt.registry.namespace)
+    # Every rank runs it and every rank's answer is gathered, a failure included: the ranks must all gather.
+    try:
+        mine = rt.timer.call(run_code, item.code, rt.registry.namespace).text
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # noqa: BLE001 - this rank's failure is its answer
+        mine = f"<failed: {type(e).__name__}: {e}>"[:RESULT_LIMIT]
+    answers = rt.ranks.gather(mine, rt.control.step)
+    if answers is None:
+        return None
+    result = {str(rank): text for rank, text in enumerate(answers)}
+    return Rendered(result, repr(result)[:RESULT_LIMIT])
 
 
 # -- pause, resume, stop -------------------------------------------------------------------------------------------

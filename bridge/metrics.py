@@ -186,6 +186,7 @@ class Metric:
     last_error: dict[str, Any] | None = None
     recent: deque[tuple[int, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_KEPT))
     threads_left: int = 0  # runs in a row after which more threads ran than before
+    reduce: str = "rank0"  # on a distributed job: how the ranks' values become the one written
 
     def record_value(self, step: int, shown: Any) -> None:
         self.errors_in_row = 0
@@ -212,6 +213,7 @@ class Metric:
             "last_error": self.last_error,
             "recent": [[s, _jsonable(v)] for s, v in list(self.recent)],
             "sender": self.sender,
+            "reduce": self.reduce,
         }
 
 
@@ -242,13 +244,13 @@ def emit(writer: Any, tag: str, value: Any, kind: str, step: int) -> Any:
     if kind == "auto":
         kind = _auto_kind(value)
     if kind == "scalar":
-        x = _scalar(value)
+        x = scalar(value)
         writer.add_scalar(tag, x, step)
         return x
     if kind == "dict":
         out = {}
         for k, v in value.items():
-            out[str(k)] = x = _scalar(v)
+            out[str(k)] = x = scalar(v)
             writer.add_scalar(f"{tag}/{k}", x, step)
         return out
     if kind == "histogram":
@@ -288,7 +290,7 @@ def _is_numeric(arr: Any) -> bool:
     return arr.dtype.kind in "biuf"
 
 
-def _scalar(value: Any) -> float:
+def scalar(value: Any) -> float:
     if _is_array(value):
         if int(math.prod(value.shape)) != 1:
             raise TypeError(f"a scalar needs one value; got a tensor/array of shape {tuple(value.shape)}")

@@ -28,8 +28,10 @@ from .applier import Applier
 from .effects import Rendered, Runtime
 from .handoff import Handoff
 from .interrupt import HookTimer, mark_ctrl_c
+from .lockstep import Lockstep, NullWriter, Quiet
 from .mailroom import Mailroom
 from .metrics import Metric, compile_metric, error_info
+from .ranks import Ranks
 from .recorder import STATE_SECONDS, Recorder, build_response
 from .registry import Control, Registry
 from .replay import Restored, last_checkpoint, read_lines, replay
@@ -53,22 +55,38 @@ class Parts:
         poll_interval: float | None,
         hook_budget: float,
         flush_secs: float,
+        rank: int | None = None,
+        world: int | None = None,
+        dist_timeout: float = 300.0,
     ) -> None:
         from bidviz.writers import as_writer
 
         self.run_dir = Path(run_dir)
+        self.ranks = Ranks.detect(rank, world, dist_timeout)
+        leader = self.ranks is None or self.ranks.leader
         self.secret = secret if secret is not None else protocol.env_secret()
         self.flush_secs = flush_secs
         self.hook_budget = hook_budget
         self.started_at = time.time()
         self.poke = poke
+        mark_ctrl_c()
+        self._last_slow = self._last_flush = self._last_look = time.monotonic()
+        self._calls_at_slow = 0
+        self._rate_mark = (time.monotonic(), 0)
+        self._calls = 0
+        self._inbox_mtime = 0
         with ExitStack() as undo:  # a constructor that fails releases everything it took
             self.mailbox = Mailbox(self.run_dir)
-            self.mailbox.create()
             self.owner = OwnerLock(self.mailbox)
-            self.owner.acquire()
-            undo.callback(self.owner.release)
-            self.writer = as_writer(writer, run_dir=str(self.run_dir), flush_secs=flush_secs)
+            if leader:  # rank 0 of a job owns the mailbox; the other ranks never touch it
+                self.mailbox.create()
+                self.owner.acquire()
+                undo.callback(self.owner.release)
+            self.writer: Any = (
+                as_writer(writer, run_dir=str(self.run_dir), flush_secs=flush_secs)
+                if leader or writer is not None
+                else NullWriter()
+            )
             self.writer.flush()  # the event file exists from the start, so TensorBoard lists the run
             self.control = Control()
             self.namespace = _namespace(namespace, weakref.proxy(bridge))
@@ -78,14 +96,23 @@ class Parts:
             self.timer, self.now_timer = HookTimer(hook_budget), HookTimer(hook_budget)
             undo.callback(self.timer.close)
             undo.callback(self.now_timer.close)
-            self.runtime = Runtime(self.registry, self.control, self.timer)
+            self.runtime = Runtime(self.registry, self.control, self.timer, self.ranks)
             self.handoff = Handoff()
             self.handoff.on_put = poke
-            self.recorder = Recorder(self.mailbox, self.snapshot)
+            self.recorder: Any = Recorder(self.mailbox, self.snapshot) if leader else Quiet()
             undo.callback(self.recorder.close)
             self.registry.on_restore_failed = self._restore_failed
             self.applier = Applier(self.runtime, self.handoff, self.answer, self.recorder.applying)
-            self.runner = MetricRunner(self.registry, self.timer, self.journal)
+            self.runner = MetricRunner(self.registry, self.timer, self.journal, self.ranks)
+            self.lockstep = (
+                Lockstep(self.ranks, self.handoff, self.applier, self.control, self.registry)
+                if self.ranks is not None
+                else None
+            )
+            self.mailroom: Mailroom | None = None
+            if not leader:
+                undo.pop_all()
+                return
             self.mailroom = Mailroom(
                 self.mailbox.inbox,
                 secret=self.secret,
@@ -102,12 +129,6 @@ class Parts:
             self.mailroom.start(restored)
             undo.callback(self.mailroom.stop)
             undo.pop_all()
-        mark_ctrl_c()
-        self._last_slow = self._last_flush = self._last_look = time.monotonic()
-        self._calls_at_slow = 0
-        self._rate_mark = (time.monotonic(), 0)
-        self._calls = 0
-        self._inbox_mtime = 0
 
     # -- the slow path of step(), in the training thread ---------------------------------------------------------
 
@@ -123,15 +144,19 @@ class Parts:
         if not control.stepping:
             self.registry.first_step()
         now = time.monotonic()
-        if now - self._last_look >= CHECK_SECONDS / 2:
+        if self.mailroom is not None and now - self._last_look >= CHECK_SECONDS / 2:
             self._last_look = now
             self._look_at_inbox()
-        if self.handoff:
+        if self.lockstep is not None:  # a distributed job: commands apply at sync points only, on every rank
+            if self.lockstep.due(calls):
+                self.lockstep.sync(calls, step, prepare)
+                prepare = None
+        elif self.handoff:
             if prepare is not None:
                 prepare()
                 prepare = None
             self.applier.apply_pending()
-        while control.paused and not control.should_stop and not control.closed:
+        while self.lockstep is None and control.paused and not control.should_stop and not control.closed:
             self.handoff.arrived.wait(0.1)
             self.handoff.arrived.clear()
             self.applier.apply_pending()
@@ -145,12 +170,12 @@ class Parts:
             mtime = os.stat(self.mailbox.inbox).st_mtime_ns
         except OSError:
             return
-        if mtime != self._inbox_mtime:
+        if mtime != self._inbox_mtime and self.mailroom is not None:
             self._inbox_mtime = mtime
             self.mailroom.wake()
 
     def _next_check(self, calls: int, now: float) -> int:
-        if self.registry.active or self.handoff:
+        if self.registry.active or (self.handoff and self.lockstep is None):
             nxt = calls + 1
         else:
             # Calls expected in CHECK_SECONDS at the current pace; the mailroom also pokes when commands arrive or
@@ -160,6 +185,8 @@ class Parts:
             nxt = calls + max(1, min(int(per_sec * CHECK_SECONDS), 100_000))
         self._last_slow = now
         self._calls_at_slow = calls
+        if self.lockstep is not None:
+            nxt = min(nxt, self.lockstep.ranks.next_sync)
         return nxt
 
     # -- answers and the journal -----------------------------------------------------------------------------------
@@ -241,7 +268,9 @@ class Parts:
             "hook_budget": self.hook_budget,
             "pending": len(self.handoff),
             **self.registry.describe(),
-            "watcher_error": self.mailroom.last_error if hasattr(self, "mailroom") else None,
+            "watcher_error": self.mailroom.last_error if getattr(self, "mailroom", None) else None,
+            "world": self.ranks.world if self.ranks is not None else 1,
+            "rank_error": self.ranks.lost if self.ranks is not None else None,
             "writer_error": str(writer_error) if writer_error else None,
             "record_error": self.recorder.error,
         }
@@ -252,9 +281,12 @@ class Parts:
         """Answer what will never be applied, write everything, release the run. Runs once (weakref.finalize)."""
         control = self.control
         control.closed = True
-        self.mailroom.stop()
         self.timer.close()
         self.now_timer.close()
+        if self.mailroom is None:  # another rank of a job: nothing of the mailbox is ours
+            self.writer.close()
+            return
+        self.mailroom.stop()
         self.mailroom.scan(closing=True)
         while (item := self.handoff.take()) is not None:
             err = ProtocolError(

@@ -153,7 +153,7 @@ class Registry:
         metric = Metric(
             name, args["code"], args["every"], args.get("kind", "auto"), make_function(code, self.namespace)
         )
-        metric.sender, metric.status = sender, status
+        metric.sender, metric.status, metric.reduce = sender, status, args.get("reduce", "rank0")
         with self.lock:
             self.metrics[name] = metric
             self.refresh()

@@ -14,7 +14,8 @@ from typing import Any
 from bidviz.errors import MetricTimeout
 
 from .interrupt import HookTimer
-from .metrics import Metric, emit, failure_info
+from .metrics import Metric, emit, failure_info, scalar
+from .ranks import Ranks
 from .registry import Registry
 
 
@@ -23,8 +24,15 @@ class ThreadsLeft(Exception):
 
 
 class MetricRunner:
-    def __init__(self, registry: Registry, timer: HookTimer, journal: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        timer: HookTimer,
+        journal: Callable[[dict[str, Any]], None],
+        ranks: Ranks | None = None,
+    ) -> None:
         self.registry = registry
+        self.ranks = ranks
         self.timer = timer
         self._journal = journal
         self._watch = False  # the last step left more threads running: count them per metric
@@ -44,6 +52,9 @@ class MetricRunner:
             if before is not None:
                 before, prepare = None, before
                 prepare()
+            if m.reduce != "rank0" and self.ranks is not None:
+                self._run_reduced(m, step, self.ranks)
+                continue
             threads = threading.active_count() if watch else 0
             try:
                 shown = call(_value_of, m, writer, step)
@@ -62,6 +73,41 @@ class MetricRunner:
                     m.record_value(step, shown)
                     self.registry.wrote = True
         self._watch = threading.active_count() > at_start
+
+    def _run_reduced(self, m: Metric, step: int, ranks: Ranks) -> None:
+        """A metric whose ranks' values become one: every rank runs it and shares (status, value), so every rank
+        counts the same failures and disables it at the same step (the collective must stay matched)."""
+        failure: BaseException | None = None
+        value, status = 0.0, _NONE
+        try:
+            raw = self.timer.call(_scalar_of, m)
+            if raw is not None:
+                value, status = raw, _VALUE
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: BLE001 - this rank's failure; shared with the others below
+            failure, status = e, _FAILED
+        shared = ranks.all_values(status, value, step)
+        failed = [rank for rank, (s, _) in enumerate(shared) if s == _FAILED]
+        if failed:
+            if failure is None:
+                failure = RuntimeError(f"metric {m.name!r} failed on rank(s) {', '.join(map(str, failed))}")
+            self._failed(m, step, failure)
+            return
+        values = [v for s, v in shared if s == _VALUE]
+        if not values:
+            m.errors_in_row = 0
+            return
+        writer, tag = self.registry.writer, f"bidviz/{m.name}"
+        if m.reduce == "all":
+            shown: Any = {f"rank{rank}": v for rank, (s, v) in enumerate(shared) if s == _VALUE}
+            for key, v in shown.items():
+                writer.add_scalar(f"{tag}/{key}", v, step)
+        else:
+            shown = REDUCE[m.reduce](values)
+            writer.add_scalar(tag, shown, step)
+        m.record_value(step, shown)
+        self.registry.wrote = True
 
     @staticmethod
     def _count_threads(m: Metric, before: int) -> None:
@@ -94,8 +140,20 @@ class MetricRunner:
 
 
 _NOTHING = object()
+_FAILED, _VALUE, _NONE = 0, 1, 2
+REDUCE: dict[str, Callable[[list[float]], float]] = {
+    "mean": lambda v: sum(v) / len(v),
+    "sum": sum,
+    "max": max,
+    "min": min,
+}
 THREAD_STRIKES = 3  # runs in a row that left more threads: one lazily started pool is fine, one a step is not
 
+
+def _scalar_of(m: Metric) -> float | None:
+    """A reduced metric's value on this rank, as a float (inside the budget: it converts a user's value)."""
+    value = m.fn(m.state)
+    return None if value is None else scalar(value)
 
 
 def _value_of(m: Metric, writer: Any, step: int) -> Any:

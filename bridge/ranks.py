@@ -1,0 +1,133 @@
+"""The ranks of a torch.distributed job: every rank applies the same commands at the same step.
+
+Rank 0 (the leader) alone owns the mailbox: its mailroom admits, its recorder journals and answers. The transport
+between ranks is torch.distributed itself, on a gloo group of the Bridge's own (`new_group(backend="gloo")`), so
+control never touches an NCCL stream. A collective at every step would tax every step, so the ranks meet at
+*sync points*: every rank knows the call of `step()` at which the next one falls; there, one broadcast of three
+integers from the leader says how many bytes of commands follow (usually none) and the interval to the next sync
+point, chosen so that sync points are about SYNC_SECONDS apart at the leader's pace. Agreement is guaranteed, not
+probable: a command the leader admitted after a sync point waits for the next one, and no rank passes a sync
+point without the batch it carries, since the broadcast blocks until it has it.
+
+A rank that dies or hangs does not wedge the others forever: the group's collectives time out (`timeout`), and
+the survivors raise `RankLost` from `step()` saying which sync point was missed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+from bidviz.errors import BIDVizError
+
+SYNC_SECONDS = 0.015
+MAX_EVERY = 100_000
+PAUSED, STOPPING = 1, 2  # flags of a sync point
+
+
+class RankLost(BIDVizError, RuntimeError):
+    """A rank of the job did not reach a sync point in time: it died or hangs."""
+
+    default_type = "RankLost"
+
+
+class Ranks:
+    """One rank's side of the control traffic."""
+
+    def __init__(self, rank: int, world: int, *, timeout: float) -> None:
+        import torch.distributed as dist
+
+        self.rank, self.world, self.timeout = rank, world, timeout
+        self.leader = rank == 0
+        self._dist = dist
+        self.group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout))
+        self.next_sync = 1  # the call count of the next sync point: the first step() is one
+        self.every = 1
+        self.syncs = 0
+        self.lost: str | None = None  # why the job's control is broken, for state.json
+
+    @classmethod
+    def detect(cls, rank: int | None, world: int | None, timeout: float) -> Ranks | None:
+        """This process's rank, when `torch.distributed` is initialized with more than one process (or when
+        `rank`/`world` say so); None for a single process."""
+        import sys
+
+        dist = sys.modules.get("torch.distributed")
+        if rank is None and world is None:
+            if dist is None or not dist.is_available() or not dist.is_initialized():
+                return None
+            rank, world = dist.get_rank(), dist.get_world_size()
+        if world is None or world <= 1:
+            return None
+        if rank is None or not 0 <= rank < world:
+            raise ValueError(f"rank must be from 0 to {world - 1}; received {rank!r}")
+        import torch.distributed
+
+        if not torch.distributed.is_initialized():
+            raise RuntimeError(
+                f"rank={rank}, world={world} given, but torch.distributed is not initialized: call "
+                "torch.distributed.init_process_group first (the ranks talk through it)"
+            )
+        return cls(rank, world, timeout=timeout)
+
+    # -- sync points ------------------------------------------------------------------------------------------
+
+    def exchange(self, batch: list[dict[str, Any]], every: int, flags: int, step: int) -> tuple[list[Any], int]:
+        """At a sync point: the leader sends `batch` (commands as dicts), the interval to the next sync point and
+        `flags`; every rank returns the batch and the flags. Raises RankLost when a rank does not come."""
+        import torch
+
+        payload = json.dumps(batch).encode() if (self.leader and batch) else b""
+        header = torch.tensor([len(payload), every, flags] if self.leader else [0, 0, 0], dtype=torch.int64)
+        try:
+            self._dist.broadcast(header, src=0, group=self.group)
+            size, every, flags = (int(x) for x in header.tolist())
+            if size:
+                buf = (
+                    torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+                    if self.leader
+                    else torch.empty(size, dtype=torch.uint8)
+                )
+                self._dist.broadcast(buf, src=0, group=self.group)
+                batch = json.loads(bytes(buf.numpy()))
+        except RuntimeError as e:
+            raise self._lost(step, e) from e
+        self.every = max(1, min(every, MAX_EVERY))
+        self.syncs += 1
+        return (batch if size else []), flags
+
+    def gather(self, obj: Any, step: int) -> list[Any] | None:
+        """Every rank's `obj` (JSON values), on the leader; None elsewhere."""
+        out: list[Any] | None = [None] * self.world if self.leader else None
+        try:
+            self._dist.gather_object(obj, out, dst=0, group=self.group)
+        except RuntimeError as e:
+            raise self._lost(step, e) from e
+        return out
+
+    def all_values(self, status: int, value: float, step: int) -> list[tuple[int, float]]:
+        """Every rank's (status, value) of one metric at one step, on every rank."""
+        import torch
+
+        mine = torch.tensor([float(status), value], dtype=torch.float64)
+        out = [torch.empty(2, dtype=torch.float64) for _ in range(self.world)]
+        try:
+            self._dist.all_gather(out, mine, group=self.group)
+        except RuntimeError as e:
+            raise self._lost(step, e) from e
+        return [(int(t[0]), float(t[1])) for t in out]
+
+    def _lost(self, step: int, e: BaseException) -> RankLost:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        self.lost = (
+            f"rank {self.rank} of {self.world}: a rank did not reach the sync point at step {step} within "
+            f"{self.timeout:g} s (it died or hangs): {first}"
+        )
+        return RankLost(self.lost + "; control of this job is lost: the job must end")
+
+    def pace(self, steps_per_sec: float) -> int:
+        """The leader's interval to the next sync point, in calls of step()."""
+        if steps_per_sec <= 0:
+            return 1
+        return max(1, min(int(steps_per_sec * SYNC_SECONDS), MAX_EVERY))
