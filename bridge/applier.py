@@ -54,12 +54,12 @@ class Applier:
             self.apply_items(batch)
 
     def apply_items(self, batch: list[Admitted]) -> None:
-        """`batch` in order; risky kinds journaled as `applying` first (write-ahead)."""
-        risky = [i for i in batch if not BEHAVIOURS[i.command.kind].kind.idempotent]
-        if risky:
-            self._journal_ahead(risky, self.runtime.control.at)
+        """`batch` in order; a risky kind is journaled as `applying` right before it runs (write-ahead), so a crash
+        answers Interrupted the one command it cut short, not the ones after it that never ran."""
         for n, item in enumerate(batch):
             behaviour = BEHAVIOURS[item.command.kind]
+            if not behaviour.kind.idempotent:
+                self._journal_ahead([item], self.runtime.control.at)
             try:
                 status, rendered, error = outcome(lambda: behaviour.apply(self.runtime, item))  # noqa: B023
             except KeyboardInterrupt as e:
