@@ -160,7 +160,7 @@ class Mailroom:
         except OSError as e:
             self._reject(path, ProtocolError(f"cannot read {name!r}: {e.strerror or e}", type="Unreadable"))
             return
-        except RecursionError:
+        except (RecursionError, MemoryError):  # MemoryError: the parser's "too complex" (e.g. 50,000 unary minus)
             self._reject(path, ProtocolError("the code is nested too deeply to compile", type="SyntaxError"))
             return
         if BEHAVIOURS[item.command.kind].kind.runs_now(item.command.args) and not closing:
@@ -226,6 +226,8 @@ class Mailroom:
         from .applier import outcome
 
         rt = self.runtime
+        # Write-ahead, as the applier does: a crash while it runs answers it Interrupted on restart, never re-runs it.
+        self.recorder.applying([item], rt.control.at)
         status, rendered, error = outcome(lambda: BEHAVIOURS[item.command.kind].apply(_Now(rt, self.now_timer), item))
         self._answer(item, status, rendered, error)
 
