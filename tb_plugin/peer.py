@@ -47,16 +47,19 @@ def _v6(packed: bytes) -> str:
     return "".join(f"{struct.unpack('<I', packed[i : i + 4])[0]:08X}" for i in range(0, 16, 4))
 
 
-def peer_uid(remote_addr: str, remote_port: int, local_port: int) -> int | None:
-    """The uid owning the client socket of a connection from (remote_addr, remote_port) to our `local_port`, or
-    None when it cannot be told (not Linux, not loopback, the connection already gone)."""
+def peer_uid(remote_addr: str, remote_port: int, local_port: int, local_addr: str | None = None) -> int | None:
+    """The uid owning the client socket of a connection from (remote_addr, remote_port) to our `local_port` (and
+    `local_addr` when known), or None when it cannot be told (not Linux, not loopback, the connection already gone,
+    or sockets of different users that fit: a guess would be worse than asking for the control token)."""
     if not is_loopback(remote_addr):
         return None
     try:
         wanted = _encode(remote_addr, int(remote_port))
+        ours = _encode(local_addr, int(local_port)) if local_addr else None
+        port = f":{int(local_port):04X}"
     except ValueError:
         return None
-    ours = f":{int(local_port):04X}"
+    uids = set()
     for table in TABLES:
         try:
             lines = table.read_text().splitlines()[1:]
@@ -64,22 +67,22 @@ def peer_uid(remote_addr: str, remote_port: int, local_port: int) -> int | None:
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) < 8 or fields[1] not in wanted or not fields[2].endswith(ours):
+            if len(fields) < 8 or fields[1] not in wanted or fields[3] != _ESTABLISHED:
                 continue
-            if fields[3] != _ESTABLISHED:
+            if not fields[2].endswith(port) or (ours is not None and fields[2] not in ours):
                 continue
             try:
-                return int(fields[7])
+                uids.add(int(fields[7]))
             except ValueError:
                 return None
-    return None
+    return uids.pop() if len(uids) == 1 else None
 
 
 def connected_uid(sock: socket.socket) -> int | None:
     """The uid of the peer of an accepted loopback TCP socket (for servers that hold the socket itself)."""
     try:
         host, port = sock.getpeername()[:2]
-        local_port = sock.getsockname()[1]
+        local_host, local_port = sock.getsockname()[:2]
     except OSError:
         return None
-    return peer_uid(host, port, local_port)
+    return peer_uid(host, port, local_port, local_host)

@@ -50,3 +50,26 @@ def test_not_loopback_is_never_looked_up():
     assert peer_uid("10.0.0.5", 5000, 6006) is None
     assert peer_uid("127.0.0.1", 1, 1) is None  # no such connection
     assert peer_uid("not an address", 1, 1) is None
+
+
+def _row(local: str, remote: str, uid: int, state: str = "01") -> str:
+    return f"   0: {local} {remote} {state} 00000000:00000000 00:00000000 00000000 {uid:>5}        0 1 1 0 0 0 0 0"
+
+
+def test_sockets_of_different_users_that_fit_tell_nothing(tmp_path, monkeypatch):
+    """127.0.0.2:5000 -> 127.0.0.1:6006 and 127.0.0.2:5000 -> 127.0.0.3:6006 can both exist (SO_REUSEADDR): a
+    stranger's connection must not pass for the owner's socket of the same client end."""
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode"
+    client = "0200007F:1388"  # 127.0.0.2:5000
+    table = tmp_path / "tcp"
+    monkeypatch.setattr("bidviz.tb_plugin.peer.TABLES", (table,))
+
+    table.write_text("\n".join([header, _row(client, "0100007F:1776", 65534), _row(client, "0300007F:1776", 0)]))
+    assert peer_uid("127.0.0.2", 5000, 6006) is None  # ambiguous: refuse to guess
+    assert peer_uid("127.0.0.2", 5000, 6006, "127.0.0.1") == 65534  # the server's own address settles it
+    assert peer_uid("127.0.0.2", 5000, 6006, "127.0.0.3") == 0
+
+    table.write_text("\n".join([header, _row(client, "0100007F:1776", 1000), _row(client, "0100007F:1776", 1000)]))
+    assert peer_uid("127.0.0.2", 5000, 6006) == 1000
+    table.write_text("\n".join([header, _row(client, "0100007F:1776", 1000, state="06")]))  # TIME_WAIT: gone
+    assert peer_uid("127.0.0.2", 5000, 6006) is None
