@@ -2,7 +2,8 @@
 
 It imports only the shared contract (`bidviz.protocol`, `bidviz.channel`), the table of command kinds
 (`bidviz.kinds`: kind names, verb help, metric kinds, the metric-set format), what clients show about runs
-(`bidviz.runs`, `bidviz.series`) and the standard library, so it starts fast and never needs torch or tensorboard;
+(`bidviz.runs`, `bidviz.series`), the control token's file (`bidviz.tb_plugin.control_token`, standard library only)
+and the standard library, so it starts fast and never needs torch or tensorboard;
 `export` loads the event-file reader when it runs. Everything it prints is stripped of terminal escapes
 (`output.say`): the files it reads are not its own.
 
@@ -13,7 +14,8 @@ mailbox at all).
 The modules: `errors` (exit statuses, CliError), `types` (shared aliases), `output` (formatting and printing),
 `sending` (build, sign, deliver, wait, report), `reading` (a run's mailbox and state.json), the verbs by topic
 (`runs`: status and journal; `steering`: set, diagnostics, eval, pause/resume/stop; `metrics`: the metric verbs;
-`export`: scalar series), and `parser` (the argparse tree and `main`).
+`export`: scalar series; `tablink`: the link that gives the tab the control token), and `parser` (the argparse tree
+and `main`).
 """
 
 from __future__ import annotations

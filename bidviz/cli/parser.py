@@ -25,6 +25,7 @@ from bidviz.cli.output import say
 from bidviz.cli.runs import cmd_journal, cmd_status
 from bidviz.cli.sending import os_failure
 from bidviz.cli.steering import cmd_control, cmd_diagnostics, cmd_eval, cmd_set
+from bidviz.cli.tablink import DEFAULT_HOST, DEFAULT_PORT, cmd_tab_link
 
 DEFAULT_WAIT = 30.0
 
@@ -53,6 +54,7 @@ _seconds = _checked(
     float, lambda v: 0 <= v < math.inf, "expected a number of seconds", "expected a finite number of seconds >= 0"
 )
 _positive = _checked(int, lambda v: v >= 1, "expected an integer >= 1", "expected an integer >= 1")
+_port = _checked(int, lambda v: 1 <= v <= 65535, "expected a port number", "expected a port number from 1 to 65535")
 
 
 def _sending_options() -> argparse.ArgumentParser:
@@ -193,6 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--tag", action="append", metavar="T", help="a tag or shell pattern (repeatable)")
     export.add_argument("--format", choices=("csv", "json"), default="csv")
     export.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+
+    what = "print the link that opens the BIDViz tab with your control token (needed where TensorBoard cannot tell "
+    what += "who you are: another host, a proxy)"
+    link = _add_verb(sub, "tab-link", what, cmd_tab_link, run=False)
+    link.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"TensorBoard's host as you browse to it (default {DEFAULT_HOST})"
+    )
+    link.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"TensorBoard's port (default {DEFAULT_PORT})")
+    link.add_argument(
+        "--url",
+        metavar="URL",
+        help="TensorBoard's full address, instead of --host and --port (behind a proxy: https://box/tb/)",
+    )
     return parser
 
 
