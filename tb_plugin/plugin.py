@@ -1,6 +1,8 @@
 """The BIDViz TensorBoard plugin: the routes of DESIGN.md as a thin werkzeug shell over `core.ControlPlane`.
 
-Each route checks the request (`security.Guard`), calls one core method and answers JSON. Every
+Each route checks the request (`security.Guard`), calls one core method and answers JSON. The shell fills in who
+sent the request: the uid owning the client's socket (`peer.peer_uid`, from the kernel's socket table, for a
+loopback connection on Linux) and the ``X-BIDViz-Token`` header; only the tab's static code is served to anyone. Every
 `bidviz.errors.BIDVizError` the guard or the core raises becomes a `RouteError` (a TensorBoard `PublicError`) with
 its `http_status` and the body ``{"error": "<what to do>"}``, so TensorBoard's own error handling serves it.
 Runs come from `context.data_provider`, which works with the Rust data server and the Python loader alike.
@@ -22,7 +24,8 @@ from werkzeug import wrappers
 
 from bidviz import protocol
 from bidviz.errors import BIDVizError
-from bidviz.tb_plugin import security
+from bidviz.tb_plugin import peer, security
+from bidviz.tb_plugin.control_token import TOKEN_HEADER
 from bidviz.tb_plugin.core import PENDING, ControlPlane
 
 logger = logging.getLogger(__name__)
@@ -52,6 +55,25 @@ def static_files() -> dict[str, bytes]:
         for entry in root.iterdir()
         if entry.is_file() and any(entry.name.endswith(ext) for ext in STATIC_TYPES)
     }
+
+
+def peer_of(environ: dict[str, Any]) -> int | None:
+    """The uid of the user whose socket sent this request (`peer.peer_uid` on the WSGI environ: REMOTE_ADDR,
+    REMOTE_PORT, SERVER_PORT, and the connection's own address when werkzeug's server passes its socket), or None
+    when it cannot be told."""
+    try:
+        remote_port = int(environ["REMOTE_PORT"])
+        server_port = int(environ["SERVER_PORT"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    local_addr = None
+    sock = environ.get("werkzeug.socket")
+    if sock is not None:
+        try:
+            local_addr, server_port = sock.getsockname()[:2]
+        except (OSError, AttributeError, TypeError, ValueError):
+            local_addr = None
+    return peer.peer_uid(str(environ.get("REMOTE_ADDR", "")), remote_port, server_port, local_addr)
 
 
 class DataProviderRuns:
@@ -122,7 +144,7 @@ class BIDVizPlugin(base_plugin.TBPlugin):
     def core(self, environ: dict[str, Any]) -> ControlPlane:
         return ControlPlane(self._context.logdir, DataProviderRuns(self._context.data_provider, environ))
 
-    def _check(self, request: wrappers.Request, method: str) -> None:
+    def _check(self, request: wrappers.Request, method: str, *, owner: bool = True) -> None:
         if request.method != method:
             raise RouteError(405, f"use {method} for this route; received {request.method}")
         try:
@@ -134,7 +156,11 @@ class BIDVizPlugin(base_plugin.TBPlugin):
                     sec_fetch_site=request.headers.get("Sec-Fetch-Site"),
                     content_type=request.headers.get("Content-Type"),
                     csrf=request.headers.get(security.CSRF_HEADER),
-                )
+                    peer_uid=peer_of(request.environ) if owner else None,
+                    control_token=request.headers.get(TOKEN_HEADER),
+                    peer=f"{request.environ.get('REMOTE_ADDR', '?')}:{request.environ.get('REMOTE_PORT', '?')}",
+                ),
+                owner=owner,
             )
         except BIDVizError as e:
             logger.warning("BIDViz refused %s %s: %s", request.method, request.path, e)
@@ -178,7 +204,7 @@ class BIDVizPlugin(base_plugin.TBPlugin):
 
     @wrappers.Request.application
     def _serve_static(self, request: wrappers.Request) -> wrappers.Response:
-        self._check(request, "GET")
+        self._check(request, "GET", owner=False)  # the tab's code holds no secret; a stranger's tab says what to do
         if self._static is None:
             self._static = static_files()
         name = request.path.rsplit("/", 1)[-1]

@@ -8,21 +8,30 @@ inside training, so all of this is ours:
 - a present ``Origin`` must be this server's own, and a present ``Sec-Fetch-Site`` must be ``same-origin`` (or
   ``none`` for a GET the user typed or bookmarked);
 - a POST must be ``Content-Type: application/json`` (no CORS-simple form post can send that) and carry the
-  ``X-BIDViz-CSRF`` header equal to the token of ``GET csrf`` (which a cross-origin page cannot read).
+  ``X-BIDViz-CSRF`` header equal to the token of ``GET csrf`` (which a cross-origin page cannot read);
+- every data route (all but the tab's own static code) must come from the owner, the user TensorBoard runs as,
+  whose uid also owns every mailbox: the CSRF token stops foreign web pages, not other users of the same machine,
+  who can connect to 127.0.0.1 too. The sender is the owner when the kernel says the peer's socket is the owner's
+  (`peer.peer_uid`, Linux loopback) or when the request carries the owner's control token (`control_token`), the
+  only proof left when the peer cannot be told (another host, a proxy, no `/proc/net/tcp`).
 
-Framework-free: the shells pass header values in, a `bidviz.errors.PublicError` (with its `http_status`) comes out.
+Framework-free: the shells pass header values and the peer's uid in, a `bidviz.errors.PublicError` (with its
+`http_status`) comes out.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from bidviz.errors import PublicError
+from bidviz.tb_plugin import control_token
+from bidviz.tb_plugin.control_token import TOKEN_HEADER
 
 CSRF_HEADER = "X-BIDViz-CSRF"
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -63,16 +72,86 @@ class Request:
     sec_fetch_site: str | None = None
     content_type: str | None = None
     csrf: str | None = None
+    #: the uid owning the client's socket (`peer.peer_uid`), None when it cannot be told
+    peer_uid: int | None = None
+    #: the ``X-BIDViz-Token`` header
+    control_token: str | None = None
+    #: where the request came from, for messages only (``127.0.0.1:51234``)
+    peer: str = ""
+
+
+def _user(uid: int) -> str:
+    """'uid 1000 (alice)', or 'uid 1000' when the name is unknown."""
+    try:
+        import pwd
+
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
 
 
 class Guard:
-    """Holds the allowed hosts and this server's CSRF token; `check` refuses what must not pass."""
+    """Holds the allowed hosts, this server's CSRF token, its owner's uid and a source of the owner's control token;
+    `check` refuses what must not pass."""
 
-    def __init__(self, allowed_hosts: Iterable[str] = (), *, token: str | None = None) -> None:
+    def __init__(
+        self,
+        allowed_hosts: Iterable[str] = (),
+        *,
+        token: str | None = None,
+        owner_uid: int | None = None,
+        owner_token: Callable[[], str | None] | None = None,
+    ) -> None:
         self.allowed_hosts = frozenset([*DEFAULT_HOSTS, *(normalize_host(h) for h in allowed_hosts if h)])
         self.token = token or secrets.token_urlsafe(32)
+        self.owner_uid = os.getuid() if owner_uid is None else owner_uid
+        #: the owner's control token, read when needed (None: there is none yet); default: the owner's token file
+        self.owner_token = owner_token if owner_token is not None else control_token.TokenSource()
 
-    def check(self, req: Request) -> None:
+    def check(self, req: Request, *, owner: bool = True) -> None:
+        """Refuse `req` unless it passes every check of the module docstring. `owner=False` only for what holds
+        nothing secret and steers nothing (the tab's static code), so a stranger's tab can still say what to do."""
+        self.check_origin(req)
+        if owner:
+            self.check_owner(req)
+        if req.method not in ("GET", "HEAD"):
+            self.check_post(req)
+
+    def check_owner(self, req: Request) -> None:
+        """Pass the owner only: a peer the kernel says is the owner's, or a request with the owner's token."""
+        if req.peer_uid is not None and req.peer_uid == self.owner_uid:
+            return
+        owner = _user(self.owner_uid)
+        expected = self.owner_token() if req.control_token else None  # a TokenFileError says what to fix
+        if control_token.matches(req.control_token, expected):
+            return
+        link = "run `bidviz tab-link` as that user on the TensorBoard machine and open the link it prints"
+        if req.peer_uid is not None:
+            raise PublicError(
+                403,
+                f"request from {_user(req.peer_uid)} refused: this TensorBoard runs as {owner}, and only that user "
+                "may read or steer its runs through BIDViz (a command runs code inside training). Start your own "
+                f"TensorBoard to steer your own runs; if you are {owner} behind a proxy, {link}",
+            )
+        where = f" (from {req.peer})" if req.peer else ""
+        if not req.control_token:
+            raise PublicError(
+                403,
+                f"BIDViz cannot tell who sent this request{where}: it is not a loopback connection whose user the "
+                f"kernel reports, so it must carry the control token of {owner} in the {TOKEN_HEADER} header: {link}",
+            )
+        if expected is None:
+            raise PublicError(
+                403, f"{owner} has no control token yet, so the {TOKEN_HEADER} sent{where} is not it: {link}"
+            )
+        raise PublicError(
+            403,
+            f"wrong {TOKEN_HEADER} control token{where}: it is not the token of {owner} (it may have been "
+            f"replaced); {link}",
+        )
+
+    def check_origin(self, req: Request) -> None:
+        """Host, Origin and Sec-Fetch-Site: the request comes through this server's own name, from its own pages."""
         host = _hostname(req.host or "")
         if host not in self.allowed_hosts:
             raise PublicError(
@@ -99,8 +178,9 @@ class Guard:
                 f"request refused: Sec-Fetch-Site is {site!r}, not same-origin; only pages of this TensorBoard may "
                 "call BIDViz",
             )
-        if req.method in ("GET", "HEAD"):
-            return
+
+    def check_post(self, req: Request) -> None:
+        """A POST is JSON and carries this server's CSRF token."""
         media = (req.content_type or "").split(";", 1)[0].strip().lower()
         if media != "application/json":
             raise PublicError(

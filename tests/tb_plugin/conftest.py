@@ -1,5 +1,6 @@
 """Fixtures for the plugin tests: real training processes with a Bridge and real TensorBoard subprocesses on
-127.0.0.1, all stopped when the test ends."""
+127.0.0.1, all stopped when the test ends. Every test has its own config directory (`XDG_CONFIG_HOME`), so the
+control token it makes or reads is never the user's own."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ from pathlib import Path
 
 import pytest
 from tab_support import TRAIN_SCRIPT, Proc, TensorBoard, clean_env, request, wait_for
+
+
+@pytest.fixture(autouse=True)
+def config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's `XDG_CONFIG_HOME` (the control token lives in its bidviz/token); subprocesses inherit it."""
+    home = tmp_path / "config"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    return home
 
 
 @pytest.fixture
@@ -39,8 +48,8 @@ def start_training(procs: list[Proc], tmp_path: Path) -> Callable[..., Proc]:
 def start_tensorboard(procs: list[Proc], tmp_path: Path) -> Callable[..., TensorBoard]:
     """Start the stock `tensorboard` on 127.0.0.1 and a free port; returns once it answers."""
 
-    def start(logdir: Path | None, *extra: str) -> TensorBoard:
-        """`logdir=None` leaves --logdir out (give --logdir_spec in `extra`)."""
+    def start(logdir: Path | None, *extra: str, host: str = "127.0.0.1") -> TensorBoard:
+        """`logdir=None` leaves --logdir out (give --logdir_spec in `extra`); `host` is the address to bind."""
         where = ["--logdir", str(logdir)] if logdir is not None else []
         cmd = [
             sys.executable,
@@ -48,7 +57,7 @@ def start_tensorboard(procs: list[Proc], tmp_path: Path) -> Callable[..., Tensor
             "tensorboard.main",
             *where,
             "--host",
-            "127.0.0.1",
+            host,
             "--port",
             "0",
             "--reload_interval",
@@ -57,7 +66,7 @@ def start_tensorboard(procs: list[Proc], tmp_path: Path) -> Callable[..., Tensor
         ]
         p = Proc(cmd, tmp_path / f"tensorboard-{len(procs)}.log", clean_env())
         procs.append(p)
-        url = p.wait_output(r"TensorBoard \S+ at (http://127\.0\.0\.1:\d+)/").group(1)
+        url = p.wait_output(r"TensorBoard \S+ at (http://\S+:\d+)/").group(1)
         wait_for(lambda: request(url + "/data/plugins_listing")[0] == 200, "TensorBoard to answer", 60)
         return TensorBoard(p, url)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 import urllib.error
@@ -117,3 +119,21 @@ def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "BIDVIZ_SECRET"}
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def non_loopback_address() -> str | None:
+    """An address of this machine that is not loopback (a connection from it is not a loopback peer), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # a route lookup only: UDP connect sends nothing
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    if ipaddress.ip_address(address).is_loopback:
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((address, 0))
+        except OSError:
+            return None
+    return str(address)

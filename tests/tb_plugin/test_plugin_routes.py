@@ -17,14 +17,22 @@ from werkzeug.test import Client
 from bidviz import kinds
 from bidviz.channel import Mailbox
 from bidviz.errors import PublicError
+from bidviz.tb_plugin.control_token import TOKEN_HEADER, ensure_token
 from bidviz.tb_plugin.core import ControlPlane, DirectoryRuns
 
 P = "/data/plugin/bidviz"
 ID = "0123456789abcdef0123456789abcdef"
 
 
+def owner() -> dict[str, str]:
+    """The header that proves a request is the owner's where the kernel cannot tell (werkzeug's test client has no
+    socket): the control token of this test's config directory."""
+    return {TOKEN_HEADER: ensure_token()}
+
+
 class Tab:
-    """A browser-like client of one app: same-origin headers and the CSRF token on every POST."""
+    """A browser-like client of one app: same-origin headers, the owner's control token on every request (as the
+    tab opened with `bidviz tab-link`'s link sends it) and the CSRF token on every POST."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -32,7 +40,7 @@ class Tab:
         self.origin = "http://localhost"
 
     def get(self, route: str, **headers: str) -> tuple[int, Any]:
-        r = self.client.get(P + route, headers={"Sec-Fetch-Site": "same-origin", **headers})
+        r = self.client.get(P + route, headers={"Sec-Fetch-Site": "same-origin", **owner(), **headers})
         return r.status_code, _body(r)
 
     def token(self) -> str:
@@ -47,6 +55,7 @@ class Tab:
             "Sec-Fetch-Site": "same-origin",
             "Content-Type": content_type,
             "X-BIDViz-CSRF": self.token(),
+            **owner(),
         }
         base.update(headers)
         sent = {k: v for k, v in base.items() if v != ""}
@@ -158,7 +167,7 @@ def test_data_and_tags_serve_any_scalar_series_as_csv_and_json(live: tuple[Tab, 
     body = wait_for(series, "bidviz/twice in the event files", 30)
     assert all(p["value"] == 2 * p["step"] for p in body["points"])
 
-    r = tab.client.get(f"{P}/data?run=exp&tag=bidviz/twice&format=csv&download=1")
+    r = tab.client.get(f"{P}/data?run=exp&tag=bidviz/twice&format=csv&download=1", headers=owner())
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/csv")
     assert r.headers["Content-Disposition"].startswith("attachment;")
     rows = list(csv.DictReader(io.StringIO(r.get_data(as_text=True))))
@@ -257,9 +266,9 @@ def test_allowed_hosts_flag_extends_the_allow_list(tmp_path: Path) -> None:
     flags = type("Flags", (), {"bidviz_allowed_hosts": "box.lan, ::1", "host": "127.0.0.1"})()
     plugin = BIDVizPlugin(base_plugin.TBContext(logdir=str(tmp_path / "logs"), flags=flags))
     client = Client(application.TensorBoardWSGI([plugin]))
-    assert client.get(f"{P}/csrf", headers={"Host": "box.lan:6006"}).status_code == 200
-    assert client.get(f"{P}/csrf", headers={"Host": "[::1]:6006"}).status_code == 200
-    assert client.get(f"{P}/csrf", headers={"Host": "box.lan.evil:6006"}).status_code == 403
+    assert client.get(f"{P}/csrf", headers={"Host": "box.lan:6006", **owner()}).status_code == 200
+    assert client.get(f"{P}/csrf", headers={"Host": "[::1]:6006", **owner()}).status_code == 200
+    assert client.get(f"{P}/csrf", headers={"Host": "box.lan.evil:6006", **owner()}).status_code == 403
 
 
 def test_run_names_that_escape_the_log_directory_are_refused(tmp_path: Path, start_training: Any) -> None:
