@@ -1,7 +1,7 @@
 // The BIDViz tab. TensorBoard loads this module in an iframe and calls render(); it polls its runs and the
 // selected run's state about every second, and also refreshes when TensorBoard says its data reloaded.
 
-import {Api, ApiError, getJson} from './api.js';
+import {Api, ApiError, download, getJson, tabLinkCommand} from './api.js';
 import {el, formatAge, formatValue, section} from './dom.js';
 import {HParamsPanel} from './hparams.js';
 import {MetricsPanel} from './metrics.js';
@@ -64,8 +64,8 @@ class App {
 
     this.journalBody = el('tbody');
     this.tagSelect = el('select', {testid: 'download-tag', 'aria-label': 'series', onchange: () => this.updateLinks()});
-    this.csvLink = el('a', {class: 'button secondary', testid: 'download-csv', text: 'CSV'});
-    this.jsonLink = el('a', {class: 'button secondary', testid: 'download-json', text: 'JSON'});
+    this.csvLink = el('a', {class: 'button secondary', testid: 'download-csv', text: 'CSV', onclick: (e) => this.download(e)});
+    this.jsonLink = el('a', {class: 'button secondary', testid: 'download-json', text: 'JSON', onclick: (e) => this.download(e)});
 
     this.hparams = new HParamsPanel(this);
     this.metrics = new MetricsPanel(this);
@@ -203,6 +203,30 @@ class App {
     }
   }
 
+  // A download link the browser follows by itself when the kernel vouches for us; with a control token, fetched
+  // here instead, since only a request made by script can carry the token's header.
+  async download(event) {
+    const link = event.currentTarget;
+    if (!link.href || !this.api.hasControlToken()) return;
+    event.preventDefault();
+    try {
+      await download(link.href, link.download);
+    } catch (e) {
+      this.showBanner(`download failed: ${e.message}`, 'error');
+    }
+  }
+
+  // This TensorBoard cannot tell that the tab is its user's: say who was refused and what to run.
+  showNotOwner(error) {
+    this.showBanner(
+      `${error.message}\n\nTo use this tab as the user who runs TensorBoard: run \`${tabLinkCommand()}\` as that user ` +
+        'on the TensorBoard machine and open the link it prints (it ends in #bidviz&token=...).',
+      'error',
+    );
+    this.help.hidden = true;
+    this.main.hidden = true;
+  }
+
   async poll(schedule = true) {
     if (this.inflight) {
       // A refresh is under way: the regular poll still keeps its rhythm.
@@ -216,7 +240,8 @@ class App {
       this.tick += 1;
       await this.loadRun();
     } catch (e) {
-      this.showBanner(`BIDViz cannot reach its routes: ${e.message}`, 'error');
+      if (e instanceof ApiError && e.notOwner) this.showNotOwner(e);
+      else this.showBanner(`BIDViz cannot reach its routes: ${e.message}`, 'error');
     } finally {
       this.inflight = false;
       if (schedule) this.timer = setTimeout(() => this.poll(), POLL_MS);

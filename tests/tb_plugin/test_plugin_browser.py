@@ -10,12 +10,14 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tab_support import wait_for
+from tab_support import clean_env, non_loopback_address, wait_for
 
 from bidviz.writers import read_scalars
 
@@ -322,3 +324,61 @@ def test_the_tab_follows_tensorboards_dark_mode(tmp_path: Path, start_tensorboar
     page.get_by_label("Menu for changing light or dark theme").click()
     page.get_by_role("menuitem", name=re.compile("^Light")).click()
     expect(html).not_to_have_class(re.compile("dark"))
+
+
+def test_where_the_kernel_cannot_vouch_the_tab_says_to_run_tab_link_and_then_works(
+    tmp_path: Path, start_training: Any, start_tensorboard: Any, page: Any
+) -> None:
+    """TensorBoard bound to this machine's non-loopback address: the browser's peer is not a loopback socket, so
+    the tab needs the owner's control token, from the link `bidviz tab-link` prints."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to bind TensorBoard to")
+    logdir = tmp_path / "logs"
+    start_training(logdir / "exp")
+    tb = start_tensorboard(logdir, host=address)
+    ui = tab(page, tb.url)
+    banner = ui.get_by_test_id("banner")
+    expect(banner).to_contain_text("cannot tell who sent this request")
+    port = tb.url.rsplit(":", 1)[1]
+    expect(banner).to_contain_text(f"run `bidviz tab-link --host {address} --port {port}`")
+    expect(ui.get_by_test_id("run-view")).to_be_hidden()
+
+    out = subprocess.run(
+        [sys.executable, "-m", "bidviz", "tab-link", "--host", address, "--port", port],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    link = out.stdout.strip()
+    page.goto(link)  # the same page, a new fragment: the open tab takes the token at its next request
+    expect(ui.get_by_test_id("run-status")).to_have_text("live")
+    expect(banner).to_be_hidden()
+    wait_for(lambda: "token=" not in page.url, "the token taken out of the address bar")
+    assert page.url.endswith("/#bidviz")
+
+    terminal = ui.get_by_test_id("terminal-input")
+    terminal.fill("2 + 3")
+    ui.get_by_test_id("terminal-run").click()
+    expect(ui.get_by_test_id("terminal-result").last).to_have_text("5")
+    expect(ui.get_by_test_id("download-tag")).not_to_have_value("")
+    with page.expect_download() as download:
+        ui.get_by_test_id("download-csv").click()  # fetched with the token: a plain link cannot send it
+    assert Path(download.value.path()).read_text().splitlines()[0] == "step,wall_time,value"
+
+    page.reload()  # the browser tab keeps the token (sessionStorage); the address no longer has it
+    ui = tab(page, tb.url)
+    expect(ui.get_by_test_id("run-status")).to_have_text("live")
+
+    other = page.context.browser.new_context()  # another browser session, without the link
+    try:
+        stranger = other.new_page()
+        ui = tab(stranger, tb.url)
+        expect(ui.get_by_test_id("banner")).to_contain_text("bidviz tab-link")
+    finally:
+        other.close()
