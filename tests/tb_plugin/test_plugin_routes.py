@@ -418,7 +418,11 @@ def test_kinds_serves_the_one_table(tmp_path: Path) -> None:
     status, table = tab.get("/kinds")
     assert status == 200 and table == json.loads(json.dumps(kinds.public_table()))
     assert table["metric_kinds"] == list(kinds.METRIC_KINDS)
-    assert table["metric_set"] == {"key": "bidviz_metrics", "version": 1, "fields": ["name", "code", "every", "kind"]}
+    assert table["metric_set"] == {
+        "key": "bidviz_metrics",
+        "version": 1,
+        "fields": ["name", "code", "every", "kind", "reduce"],
+    }
     assert [k["kind"] for k in table["kinds"]] == list(kinds.KINDS)
 
 
