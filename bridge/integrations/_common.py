@@ -1,8 +1,10 @@
-"""What the framework callbacks share: registering the user's own hyperparameters, finding a writer's directory."""
+"""What the framework callbacks share: registering the user's own hyperparameters, finding a writer's directory,
+and agreeing on one run directory across the ranks of a torch.distributed job."""
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -52,3 +54,40 @@ def run_dir_for(logdir: Any, writer: Any, writer_logdir: str | None, fallback: s
     if logdir is not None:
         return os.fspath(logdir), None
     return fallback, None
+
+
+def job_rank() -> tuple[int, int]:
+    """(rank, world size) of this process in an initialized torch.distributed job; (0, 1) without one. Never imports
+    torch: a process that has not imported it has no job."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def run_dir_on_every_rank(choose: Callable[[], tuple[str, Any]]) -> tuple[str, Any]:
+    """A framework callback's `(run_dir, writer)` on every rank of a torch.distributed job: `choose()` runs on rank 0
+    alone (only there do the frameworks open their TensorBoard writers; elsewhere their loggers are dummies, and a
+    directory chosen from a clock or a `version_N` count could differ), its directory is broadcast once, and the other
+    ranks get no writer (their Bridge writes nothing: rank 0 writes the job's events). In a single process,
+    `choose()` itself. Every rank must call it, at the same point. When `choose()` raises on rank 0, rank 0 re-raises
+    it and the others raise a RuntimeError saying why, so no rank waits for a broadcast that never comes."""
+    rank, world = job_rank()
+    if world == 1:
+        return choose()
+    import torch.distributed as dist
+
+    message: list[Any] = [None, None]
+    error: Exception | None = None
+    writer = None
+    if rank == 0:
+        try:
+            message[0], writer = choose()
+        except Exception as e:  # noqa: BLE001 - told to every rank below, then re-raised here
+            error, message[1] = e, f"{type(e).__name__}: {e}"
+    dist.broadcast_object_list(message, src=0)
+    if error is not None:
+        raise error
+    if message[1] is not None:
+        raise RuntimeError(f"rank 0 could not choose the run directory: {message[1]}")
+    return os.fspath(message[0]), writer

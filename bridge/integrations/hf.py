@@ -8,7 +8,14 @@ you give it, or the `writer=` you gave the Trainer's `TensorBoardCallback` too. 
 `Trainer(..., callbacks=[BIDVizCallback()])`), it looks for the Trainer among its callers, a last resort
 (`bidviz.compat.hf_callbacks_of_caller`). It steps at every `on_step_end` with `state.global_step`; a `stop` sets
 `control.should_training_stop`, so the Trainer ends its loop its own way (`on_train_end`, the returned
-`TrainOutput`). Only the main process (`state.is_world_process_zero`) runs a bridge.
+`TrainOutput`).
+
+Under `torchrun` (or `accelerate launch`) every process runs a bridge on the same run directory: the main
+process's choice (`state.is_world_process_zero`; only its TensorBoard callback opens a writer), broadcast once.
+Rank 0 leads: it alone reads the mailbox and writes events; every rank applies each command at the same step, so a
+set `lr` changes every rank's optimizer and a `stop` ends every rank's loop at the same step (see
+`bidviz.bridge.ranks` and docs/distributed.md). Without torch.distributed (several processes joined some other way)
+only the main process runs one, as commands could not reach the others.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from bidviz import compat
 from bidviz.bridge.core import Bridge
 
-from ._common import HParamSpecs, register_hparams, run_dir_for, writer_dir
+from ._common import HParamSpecs, job_rank, register_hparams, run_dir_for, run_dir_on_every_rank, writer_dir
 
 __all__ = ["BIDVizCallback"]
 
@@ -39,11 +46,12 @@ class BIDVizCallback(TrainerCallback):  # type: ignore[misc]
             Trainer's `TensorBoardCallback`; the run directory is then `logdir`, or the writer's own.
         namespace: extra names for metric code and `eval`.
         hparams: your own tunable values, `{"dropout": 0.1}` or `{"dropout": {"value": 0.1, "on_change": f}}`.
-        **bridge_kwargs: passed to `Bridge` (`secret`, `resume`, `poll_interval`, `hook_budget`, `flush_secs`).
+        **bridge_kwargs: passed to `Bridge` (`secret`, `resume`, `poll_interval`, `hook_budget`, `flush_secs`,
+            `dist_timeout`).
 
     Metric code and `eval` see `model`, `trainer_state` (the `TrainerState`; `state` too in `eval`, but in metric
     code `state` is the metric's own dict), `logs` (the latest logged dict), `args`, `control`, `optimizer`,
-    `scheduler`, `train_dataloader` and your namespace.
+    `scheduler`, `train_dataloader`, `rank` (`args.process_index`) and your namespace.
     """
 
     def __init__(
@@ -67,11 +75,15 @@ class BIDVizCallback(TrainerCallback):  # type: ignore[misc]
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        """Start the bridge; bind the optimizer and its LR scheduler."""
-        if not state.is_world_process_zero or self.bridge is not None:
+        """Start the bridge (on every rank of a torch.distributed job); bind the optimizer and its LR scheduler."""
+        if self.bridge is not None:
             return
-        run_dir, writer = self._where(args)
+        _, world = job_rank()
+        if world == 1 and not state.is_world_process_zero:
+            return  # several processes, but not joined by torch.distributed: commands could not reach this one
+        run_dir, writer = run_dir_on_every_rank(lambda: self._where(args))
         ns = {
+            "rank": args.process_index,
             "model": kwargs.get("model"),
             "state": state,  # in `eval`; metric code has its own `state` dict, so it reads `trainer_state`
             "trainer_state": state,

@@ -4,7 +4,14 @@ The bridge starts when fitting starts (the optimizers and LR schedulers exist by
 `TensorBoardLogger` when it has one (so its series land in the logger's run, `lightning_logs/version_N`), steps at
 every `on_train_batch_end` with `trainer.global_step`, and stops the Lightning way: `trainer.should_stop = True`
 ends the fit after the current batch, through Lightning's own end-of-training hooks. It closes at `teardown`, before
-the logger is finalized. Only the global-zero process runs a bridge.
+the logger is finalized.
+
+Under a distributed strategy (`strategy="ddp"`, ...) every process runs a bridge on the same run directory: the
+global-zero process's choice, broadcast once (the other processes' loggers are dummies). Rank 0 leads: it alone
+reads the mailbox and writes events; every rank applies each command at the same step, so a set `lr` changes every
+rank's optimizer and a `stop` ends every rank's fit at the same batch (see `bidviz.bridge.ranks` and
+docs/distributed.md). Without torch.distributed (a strategy that uses something else to talk) only the global-zero
+process runs one, as commands could not reach the others.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from bidviz.bridge.core import Bridge
 
-from ._common import HParamSpecs, register_hparams, run_dir_for, writer_dir
+from ._common import HParamSpecs, job_rank, register_hparams, run_dir_for, run_dir_on_every_rank, writer_dir
 
 __all__ = ["BIDVizCallback"]
 
@@ -32,12 +39,13 @@ class BIDVizCallback(Callback):
         namespace: extra names for metric code and `eval`.
         hparams: your own tunable values, `{"dropout": 0.1}` or `{"dropout": {"value": 0.1, "max": 0.9,
             "on_change": f}}`; read them with `callback.bridge.hparams["dropout"]`.
-        **bridge_kwargs: passed to `Bridge` (`secret`, `resume`, `poll_interval`, `hook_budget`, `flush_secs`).
+        **bridge_kwargs: passed to `Bridge` (`secret`, `resume`, `poll_interval`, `hook_budget`, `flush_secs`,
+            `dist_timeout`).
 
     Metric code sees `trainer`, `pl_module` (also as `model`), `outputs`, `loss` (when the step returned one),
-    `batch`, `batch_idx`, `optimizer`, `scheduler`, and your namespace. The optimizers' values are bound as
-    `lr`, `momentum`, `betas`, ...; with several optimizers, the second one's are `opt1/lr`, ... A set `lr` survives
-    the optimizer's LR scheduler.
+    `batch`, `batch_idx`, `optimizer`, `scheduler`, `rank` (`trainer.global_rank`) and your namespace. The
+    optimizers' values are bound as `lr`, `momentum`, `betas`, ...; with several optimizers, the second one's are
+    `opt1/lr`, ... A set `lr` survives the optimizer's LR scheduler.
     """
 
     def __init__(
@@ -57,11 +65,16 @@ class BIDVizCallback(Callback):
     # -- Lightning hooks ------------------------------------------------------------------------------
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start the bridge and bind the optimizers (configured by now) and their LR schedulers."""
-        if not trainer.is_global_zero or self.bridge is not None:
+        """Start the bridge (on every rank of a torch.distributed job) and bind the optimizers (configured by now)
+        and their LR schedulers."""
+        if self.bridge is not None:
             return
-        run_dir, writer = self._where(trainer)
-        ns = {"trainer": trainer, "pl_module": pl_module, "model": pl_module, **self.namespace}
+        _, world = job_rank()
+        if world == 1 and not trainer.is_global_zero:
+            return  # several processes, but not joined by torch.distributed: commands could not reach this one
+        run_dir, writer = run_dir_on_every_rank(lambda: self._where(trainer))
+        ns = {"trainer": trainer, "pl_module": pl_module, "model": pl_module, "rank": trainer.global_rank}
+        ns.update(self.namespace)
         self.bridge = bridge = Bridge(run_dir, writer=writer, namespace=ns, **self.bridge_kwargs)
         schedulers: dict[int, Any] = {}
         for config in trainer.lr_scheduler_configs:
