@@ -1,7 +1,8 @@
 """Framework callbacks on a real two-process job (CPU, gloo): Lightning's ddp strategy, which launches the second
 process itself, and the Hugging Face Trainer under torchrun. Every rank runs a bridge; a `set_hparam` sent to the
 mailbox must change every rank's optimizer at the same step, and a `stop` must end every process at the same step
-with exit status 0. Each training script logs (step, lr) per rank to LOGDIR/rank<K>.jsonl."""
+with exit status 0. Each training script logs (step, lr) per rank to LOGDIR/rank<K>.jsonl. And examples/train_ddp.py
+under torchrun ends on every rank."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import offline_env
+from conftest import EXAMPLES, offline_env
 from integration_checks import event_files
 
 from bidviz import protocol
@@ -143,3 +144,19 @@ def test_hf_trainer_under_torchrun_every_rank_applies_commands_at_the_same_step(
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD)]
     job = jobs(*launcher, str(HERE / "ddp_hf_trainer.py"))
     check_lockstep(job)  # torchrun exits 0 only when every worker did
+
+
+def test_the_ddp_example_ends_on_every_rank_under_torchrun(tmp_path: Path) -> None:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD)]
+    script = [str(EXAMPLES / "train_ddp.py"), "--logdir", str(tmp_path), "--steps", "30", "--delay", "0", "--quiet"]
+    out = subprocess.run(
+        [*launcher, *script], capture_output=True, text=True, timeout=180, env=offline_env(OMP_NUM_THREADS="1")
+    )
+    assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-6000:]}"  # torchrun: 0 when every rank was
+    for k in range(WORLD):
+        assert f"rank {k} of {WORLD}: training ended at step 30\n" in out.stdout, out.stdout
+    run = tmp_path / "ddp"
+    assert len(event_files(run)) == 1, sorted(run.iterdir())
+    assert [s for s, _, _ in read_scalars(run)["train/loss_rank0"]] == list(range(30))
+    state = Mailbox(run).read_state()
+    assert state["world"] == WORLD and state["closed"] and state["step"] == 29, state
