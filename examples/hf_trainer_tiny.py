@@ -3,6 +3,7 @@
 
     python examples/hf_trainer_tiny.py --logdir runs          # trains runs/hf (or --steps 0: until stopped)
     bidviz set runs/hf lr=0.001                               # from another terminal
+    torchrun --nproc-per-node 2 examples/hf_trainer_tiny.py   # DDP on two CPU processes, a bridge on each
 
 The bridge writes through the Trainer's TensorBoard writer, so its series and the Trainer's own (`train/loss`,
 `train/learning_rate`) share one run. Nothing is downloaded (HF_HUB_OFFLINE=1 is set here).
@@ -84,13 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         use_cpu=True,
         disable_tqdm=True,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # under torchrun: every parameter gets a gradient
         seed=0,
     )
     callbacks: list[Any] = [Delay(args.delay)] if args.delay > 0 else []
     trainer = Trainer(model=model, args=training_args, train_dataset=Counting(4096), callbacks=callbacks)
     # Given the trainer, the bridge finds the Trainer's TensorBoard writer among its callbacks and writes through it.
     trainer.add_callback(BIDVizCallback(trainer=trainer))
-    if not args.quiet:
+    if not args.quiet and training_args.process_index == 0:
         print_help(run_dir)
     result = trainer.train()
     stopped = " (stopped by command)" if trainer.state.global_step < training_args.max_steps else ""

@@ -2,6 +2,7 @@
 
     python examples/lightning_digits.py --logdir runs        # trains runs/lightning until stopped (or --steps)
     bidviz set runs/lightning lr=0.01                          # from another terminal
+    python examples/lightning_digits.py --devices 2          # DDP on two CPU processes, a bridge on each
 
 The bridge writes through Lightning's TensorBoardLogger, so its series and Lightning's own (`train_loss`) share
 one run. Nothing is downloaded: the digits ship with scikit-learn.
@@ -34,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=600, help="optimizer steps to train; 0 trains until stopped")
     p.add_argument("--delay", type=float, default=0.0, help="seconds to sleep per step, so a person can follow")
     p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--devices", type=int, default=1, help="CPU processes; more than 1 trains with DDP (gloo)")
     p.add_argument("--quiet", action="store_true", help="do not print the commands to try")
     return p.parse_args(argv)
 
@@ -97,13 +99,16 @@ def main(argv: list[str] | None = None) -> int:
         enable_model_summary=False,
         log_every_n_steps=10,
         accelerator="cpu",
-        devices=1,
+        devices=args.devices,
+        # With more than one device Lightning runs this script again for each other rank; each makes a bridge.
+        strategy="ddp" if args.devices > 1 else "auto",
     )
-    if not args.quiet:
+    if not args.quiet and trainer.is_global_zero:
         print_help(run_dir)
     trainer.fit(model, loader)
     stopped = " (stopped by command)" if trainer.should_stop else ""
-    print(f"training ended at step {trainer.global_step}{stopped}; trainer status: {trainer.state.status.value}")
+    rank = f"rank {trainer.global_rank}: " if trainer.world_size > 1 else ""
+    print(f"{rank}training ended at step {trainer.global_step}{stopped}; trainer status: {trainer.state.status.value}")
     return 0
 
 
