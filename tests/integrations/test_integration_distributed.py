@@ -99,7 +99,8 @@ def jobs(tmp_path: Path) -> Any:
 
 
 def check_lockstep(job: Job) -> None:
-    """set lr, then stop: every rank switches at the step of the response and leaves at the step of the stop."""
+    """set lr, pause, resume, stop: every rank switches at the step of the response, waits at the step of the
+    pause, and leaves at the step of the stop."""
     job.wait_steps(3, START_TIMEOUT)
     before = job.steps(0)[0]["lr"]
     response = job.call("set_hparam", name="lr", value=0.05)
@@ -113,6 +114,16 @@ def check_lockstep(job: Job) -> None:
 
     answers = job.call("eval", code="rank, bridge.rank", ranks="all")["result"]
     assert answers == {str(k): repr((k, k)) for k in range(WORLD)}, "a bridge on every rank, each knowing its rank"
+
+    paused = job.call("pause")
+    time.sleep(0.5)
+    held = [len(job.steps(k)) for k in range(WORLD)]
+    time.sleep(1.0)
+    assert [len(job.steps(k)) for k in range(WORLD)] == held, "every rank waits in the hook while paused"
+    # Paused inside the framework's hook at step S on every rank: each has logged S - 1.
+    assert {job.steps(k)[-1]["step"] for k in range(WORLD)} == {paused["step"] - 1}, "paused at the same step"
+    job.call("resume")
+    job.wait_steps(held[0] + 2)
 
     stop = job.call("stop")
     code = job.wait()
