@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_help(run_dir: str, world: int) -> None:
     run = shlex.quote(run_dir)
-    metric_set = '{"bidviz_metrics": 1, "metrics": [{"name": "loss_mean", "code": "loss", "reduce": "mean"}]}'
+    metric_set = '{"bidviz_metrics": 1, "metrics": [{"name": "loss_mean", "code": "loss.item()", "reduce": "mean"}]}'
     send = (
         f"from bidviz import protocol; from bidviz.channel import Mailbox; m = Mailbox({run_dir!r}); "
         "print(m.wait_response(m.send(protocol.make_command('eval', {'code': 'rank, loss.item()', 'ranks': 'all'})),"
