@@ -134,6 +134,7 @@ def check_lockstep(job: Job) -> None:
         assert entries[-2]["step"] == stop["step"] and entries[-2]["stop"], entries[-3:]
 
     state = job.mailbox.read_state()
+    assert state is not None, "rank 0 wrote no state.json"
     assert state["world"] == WORLD and state["closed"] and state["stopping"] and not state["rank_error"], state
     assert len(event_files(job.run_dir)) == 1, f"rank 0 alone writes events: {sorted(job.run_dir.iterdir())}"
     series = read_scalars(job.run_dir)
@@ -170,4 +171,5 @@ def test_the_ddp_example_ends_on_every_rank_under_torchrun(tmp_path: Path) -> No
     assert len(event_files(run)) == 1, sorted(run.iterdir())
     assert [s for s, _, _ in read_scalars(run)["train/loss_rank0"]] == list(range(30))
     state = Mailbox(run).read_state()
+    assert state is not None, "rank 0 wrote no state.json"
     assert state["world"] == WORLD and state["closed"] and state["step"] == 29, state
