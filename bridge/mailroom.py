@@ -33,6 +33,7 @@ from .replay import Restored
 
 TICK_SECONDS = 0.2
 RESCAN_SECONDS = 1.0  # a full listing now and then, for file systems whose events get lost
+SCAN_PASSES = 20  # listings a scan takes at most while files keep arriving; the next wake or tick goes on
 RECENT_IDS = 50_000  # ids answered by this process, to refuse a second file with the same id
 
 
@@ -123,15 +124,30 @@ class Mailroom:
     # -- admission ------------------------------------------------------------------------------------------------
 
     def scan(self, *, closing: bool = False) -> None:
-        """Admit every new file of the inbox, in name order (the sending order)."""
-        try:
-            names = sorted(os.listdir(self.inbox))
-        except OSError as e:
-            self.last_error = f"cannot list {self.inbox}: {e}"
-            return
+        """Admit every new file of the inbox, in name order (the sending order).
+
+        A listing is no snapshot: one taken while files arrive may hold a sender's file n+1 and miss its file n (seen
+        on ext4 with a few thousand files queued). A file listed twice in a row existed before the second listing
+        began, and so did every file its sender wrote before it, which that listing therefore holds: each pass
+        admits, in name order, the files listed twice, and stops at the first file new to its listing."""
+        previous: set[str] = set()
+        for _ in range(SCAN_PASSES):
+            try:
+                names = sorted(os.listdir(self.inbox))
+            except OSError as e:
+                self.last_error = f"cannot list {self.inbox}: {e}"
+                return
+            if not self._admit_listed(names, previous, closing):
+                return
+            previous = set(names)
+
+    def _admit_listed(self, names: list[str], previous: set[str], closing: bool) -> bool:
+        """The files of `names` also in `previous`, up to the first that is not; True when one was not."""
         for name in names:
             if name in self._inflight or name.startswith("."):
                 continue
+            if name not in previous:
+                return True
             self._inflight.add(name)
             try:
                 self._take(name, closing)
@@ -139,6 +155,7 @@ class Mailroom:
                 self._reject(
                     self.inbox / name, ProtocolError(f"{name!r} could not be admitted: {e}", type="Unreadable")
                 )
+        return False
 
     def _take(self, name: str, closing: bool) -> None:
         path = self.inbox / name
