@@ -14,7 +14,7 @@ from pathlib import Path
 from proof_helpers import Figures, JournalReader, Trainer, dump_list, pick, report, wait_responses
 
 SENDER = Path(__file__).with_name("proof_sender.py")
-COUNT = pick(60, 1000)  # evals per sender
+COUNT = pick(60, 3000)  # evals per sender; a listing taken while thousands queue up may miss some (see mailroom)
 SENDERS = {"a": False, "b": False, "c": False, "d": True}  # name -> its evals run now
 
 

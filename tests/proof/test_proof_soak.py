@@ -7,8 +7,10 @@ Bounds, and why:
   bridge keeps grows with the commands only up to fixed caps (remembered ids <= 50,000 short strings, answered ids
   <= OUTBOX_MAX, 60 recent values a metric, 20 changes a hyperparameter): a few MB at most. A leak of 1 kB a
   command would show as 24 MB over the long run (12,000 commands); the short run only shows gross leaks.
-- outbox: never more than OUTBOX_MAX files (the bridge offers no setting to lower its 1 h / 10,000 retention, so
-  the short run checks the count equals what it answered; the long run, 12,000 commands, reaches the cap).
+- outbox: never more than OUTBOX_MAX files, give or take one batch of answers (the recorder prunes after writing a
+  batch: 10,006 were seen). The bridge offers no setting to lower its 1 h / 10,000 retention, so the short run
+  checks the count equals what it answered, and the long run (12,000 commands) reaches the cap; responses are
+  read as they come, since the oldest are pruned past the cap.
 - tmp/: a handful of files in flight at most, and empty once the sender stops.
 - restore time: under RESTORE_SECONDS at the end, and not growing with the journal (checkpoints).
 """
@@ -35,6 +37,7 @@ EVERY = 0.05
 RSS_GROWTH_MB = 30
 RESTORE_SECONDS = 5.0
 TMP_IN_FLIGHT = 10
+OUTBOX_BATCH = 50  # the recorder prunes after writing a batch of answers: the cap is exceeded by one batch at most
 
 RESTORE = """
 import sys, time
@@ -101,6 +104,7 @@ def test_soak_stays_flat(start_trainer, tmp_path: Path) -> None:
     sender = Sender(t.mailbox)
     sender.start()
     samples: list[dict[str, Any]] = []
+    got: dict[str, dict[str, Any]] = {}  # read as they come: past OUTBOX_MAX the oldest responses are pruned
     try:
         end = time.monotonic() + SECONDS
         while time.monotonic() < end:
@@ -116,10 +120,11 @@ def test_soak_stays_flat(start_trainer, tmp_path: Path) -> None:
                 }
             )
             assert t.alive(), f"the trainer died: {t.stderr()}"
+            got.update(wait_responses(t.mailbox, set(sender.sent) - set(got), 0))
     finally:
         sender.halt.set()
         sender.join(10)
-    got = wait_responses(t.mailbox, set(sender.sent), 60)
+    got.update(wait_responses(t.mailbox, set(sender.sent) - set(got), 60))
     journal = JournalReader(t.mailbox)
     journal.new_entries()
     time.sleep(0.5)
@@ -133,6 +138,7 @@ def test_soak_stays_flat(start_trainer, tmp_path: Path) -> None:
     figures.tried, figures.answered = len(sender.sent), len(got)
     figures.lost = len(sender.sent) - len(got)
     figures.double = sum(1 for c in sender.sent if journal.commands[c] > 1)
+    unjournaled = sum(1 for c in sender.sent if journal.commands[c] == 0)
     figures.crashed = 0 if t.alive() else 1
     figures.notes.update(
         {
@@ -151,14 +157,14 @@ def test_soak_stays_flat(start_trainer, tmp_path: Path) -> None:
     figures.seconds = time.monotonic() - started
     report(figures)
 
-    assert figures.lost == 0, f"{figures.lost} commands got no response"
+    assert figures.lost == 0 and unjournaled == 0, f"{figures.lost} commands got no response"
     assert figures.double == 0
     statuses = {r["status"] for r in got.values()}
     assert statuses == {"applied"}, [r for r in got.values() if r["status"] != "applied"][:3]
     steps = [s["step"] for s in samples if s["step"] is not None]
     assert all(b > a for a, b in zip(steps, steps[1:], strict=False)), f"training stalled: {steps}"
     assert growth < RSS_GROWTH_MB, f"RSS grew {growth:.1f} MB: {[round(s['rss_mb']) for s in samples]}"
-    assert max(s["outbox"] for s in samples) <= OUTBOX_MAX
+    assert max(s["outbox"] for s in samples) <= OUTBOX_MAX + OUTBOX_BATCH
     if len(sender.sent) < OUTBOX_MAX:  # nothing pruned yet: one response a command, nothing else
         assert count(t.mailbox.outbox) == len(sender.sent)
     assert max(s["tmp"] for s in samples) <= TMP_IN_FLIGHT and tmp_left == [], tmp_left
