@@ -120,10 +120,13 @@ def mark_ctrl_c() -> None:
 
 def is_real_ctrl_c(exc: BaseException, started: float) -> bool:
     """True when `exc` is the process's own Ctrl-C: a KeyboardInterrupt while a SIGINT arrived since `started`
-    (or any KeyboardInterrupt, where the marker could not be installed and the two cannot be told apart)."""
+    (or any KeyboardInterrupt, where the marker could not be installed and the two cannot be told apart, unless
+    SIGINT is ignored, as for a job started in the background with `&` or nohup: then no Ctrl-C can arrive)."""
     if not isinstance(exc, KeyboardInterrupt):
         return False
-    return _last_sigint >= started if _marker_installed else True
+    if _marker_installed:
+        return _last_sigint >= started
+    return signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
 
 
 def as_failure(exc: BaseException) -> BaseException:

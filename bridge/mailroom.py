@@ -28,6 +28,7 @@ from .admission import Admitted
 from .effects import BEHAVIOURS, Runtime
 from .handoff import Handoff
 from .interrupt import HookTimer
+from .metrics import failure_info
 from .recorder import Recorder, build_response
 from .replay import Restored
 
@@ -245,7 +246,11 @@ class Mailroom:
         rt = self.runtime
         # Write-ahead, as the applier does: a crash while it runs answers it Interrupted on restart, never re-runs it.
         self.recorder.applying([item], rt.control.at)
-        status, rendered, error = outcome(lambda: BEHAVIOURS[item.command.kind].apply(_Now(rt, self.now_timer), item))
+        behaviour = BEHAVIOURS[item.command.kind]
+        try:
+            status, rendered, error = outcome(lambda: behaviour.apply(_Now(rt, self.now_timer), item))
+        except KeyboardInterrupt as e:  # never Ctrl-C in this thread (signals go to the main one): the code raised it
+            status, rendered, error = "failed", None, failure_info(e, "<eval")
         self._answer(item, status, rendered, error)
 
     def _answer(self, item: Admitted, status: str, rendered: Any = None, error: dict[str, Any] | None = None) -> None:
