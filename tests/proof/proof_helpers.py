@@ -36,14 +36,23 @@ class Trainer:
     """A proof_trainer.py subprocess with a Bridge on `run_dir`; its stderr goes to a file, never a pipe that could
     fill up and block it."""
 
-    def __init__(self, run_dir: Path, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        wait_ready: bool = True,
+        sigint_ignored: bool = False,
+    ) -> None:
         self.run_dir = run_dir
         self.mailbox = Mailbox(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.stderr_path = run_dir.parent / f"{run_dir.name}.stderr.{time.monotonic_ns()}"
         self._stderr = open(self.stderr_path, "wb")
+        # sigint_ignored: started as a shell starts a job in the background (`&`, nohup): SIGINT ignored from exec on
+        shell = ["/bin/sh", "-c", 'trap "" INT; exec "$0" "$@"'] if sigint_ignored else []
         self.proc = subprocess.Popen(
-            [sys.executable, str(TRAINER), str(run_dir), *args],
+            [*shell, sys.executable, str(TRAINER), str(run_dir), *args],
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             env={**os.environ, **(env or {})},

@@ -1,7 +1,7 @@
 """The proof suite's training process: a real training loop (numpy linear regression by SGD, so it starts in well
 under a second, without torch) with a Bridge, written against the documented Bridge API only. Run as:
 
-    python proof_trainer.py RUN_DIR [--delay S] [--budget S] [--fresh] [--metrics N]
+    python proof_trainer.py RUN_DIR [--delay S] [--budget S] [--fresh] [--metrics N] [--own-sigint]
 
 Prints READY when the bridge is up and DONE <step> when the loop ends. Its namespace holds, for the tests' evals:
 `applied` and `seen` (lists the evals append to), `mark(token)` (appends a line to the file named by the
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
@@ -27,7 +28,10 @@ p.add_argument("--delay", type=float, default=0.005)
 p.add_argument("--budget", type=float, default=10.0)
 p.add_argument("--fresh", action="store_true")
 p.add_argument("--metrics", type=int, default=0, help="start with this many metrics of the soak set")
+p.add_argument("--own-sigint", action="store_true", help="install a SIGINT handler of its own (that only notes it)")
 a = p.parse_args()
+if a.own_sigint:
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
 
 MARKER = os.environ.get("PROOF_MARKER", "")
 

@@ -214,3 +214,47 @@ def test_a_restart_after_all_of_it_keeps_them_disabled_and_reruns_nothing(table:
     rate = t.wait_state(lambda s: s["steps_per_sec"] > 20, 20, "full speed")["steps_per_sec"]
     table.figures.notes["steps_per_sec_after"] = round(rate)
     assert t.alive()
+
+
+def test_keyboard_interrupt_raised_by_code_in_a_job_that_ignores_sigint(table: Table, tmp_path: Path) -> None:
+    """A job started in the background (`&`, nohup) ignores SIGINT, so no Ctrl-C can reach it: a KeyboardInterrupt
+    is the code's own, a failure like any other (it ended such a run before)."""
+    t = Trainer(tmp_path / "run", "--budget", BUDGET, sigint_ignored=True)
+    try:
+        step = t.wait_step_past(None)
+        metric = send(t.mailbox, "add_metric", {"name": "m_kbint", "code": "raise KeyboardInterrupt"})
+        evals = [send(t.mailbox, "eval", {"code": "raise KeyboardInterrupt", "now": now}) for now in (False, True)]
+        got = wait_responses(t.mailbox, [metric, *evals], 30)
+        table.figures.tried += 3
+        table.figures.answered += len(got)
+        table.figures.lost += 3 - len(got)
+        if not t.alive():
+            table.figures.crashed += 1
+        assert t.alive(), t.stderr()
+        assert got[metric]["status"] == "applied", got[metric]
+        for cid in evals:
+            assert got[cid]["status"] == "failed" and got[cid]["error"]["type"] == "KeyboardInterrupt", got[cid]
+        t.wait_state(lambda s: s["metrics"]["m_kbint"]["status"] == "disabled", 20, "m_kbint disabled")
+        t.wait_step_past(step)
+    finally:
+        t.kill9()
+
+
+def test_keyboard_interrupt_raised_by_eval_now_under_a_sigint_handler_of_the_users(table: Table, tmp_path: Path):
+    """With the user's own SIGINT handler, a KeyboardInterrupt in the training thread cannot be told from a Ctrl-C
+    (it ends training, as documented); in the mailroom thread it never is one (signals go to the main thread): an
+    eval --now that raises it is answered failed, and the mailroom goes on (it died before)."""
+    t = Trainer(tmp_path / "run", "--own-sigint")
+    try:
+        t.wait_step_past(None)
+        first = send(t.mailbox, "eval", {"code": "raise KeyboardInterrupt", "now": True})
+        resp = t.mailbox.wait_response(first, 30)
+        then = t.mailbox.wait_response(send(t.mailbox, "eval", {"code": "6 * 7", "now": True}), 30)
+        table.figures.tried += 2
+        table.figures.answered += (resp is not None) + (then is not None)
+        table.figures.lost += (resp is None) + (then is None)
+        assert resp is not None and resp["status"] == "failed", resp
+        assert resp["error"]["type"] == "KeyboardInterrupt"
+        assert then is not None and then["result"] == 42, "the mailroom goes on"
+    finally:
+        t.kill9()
