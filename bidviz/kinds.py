@@ -293,7 +293,7 @@ ADD_METRIC = Kind(
         Arg(
             "reduce",
             _reduction,
-            "rank0",
+            None,
             "on a distributed job: rank 0's value, or the ranks' mean, sum, max or min, or all (one series a rank)",
         ),
     ),
@@ -354,7 +354,7 @@ EVAL = Kind(
     (
         Arg("code", _code, help="statements and/or a last expression, whose value is the result"),
         Arg("now", _flag, False, "run at once in the mailroom thread, not at a step boundary (for a stuck run)"),
-        Arg("ranks", _ranks, "0", 'on a distributed job: "all" answers with every rank\'s result, rank -> repr'),
+        Arg("ranks", _ranks, None, 'on a distributed job: "all" answers with every rank\'s result, rank -> repr'),
     ),
     label="eval {code}",
     help="run Python code against the live model; prints the result or the traceback",
@@ -428,7 +428,7 @@ def metric_set(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
                 "code": m.get("code"),
                 "every": m.get("every", 1),
                 "kind": m.get("kind", "auto"),
-                "reduce": m.get("reduce", "rank0"),
+                **({"reduce": m["reduce"]} if m.get("reduce", "rank0") != "rank0" else {}),
             }
             for name, m in metrics.items()
         ],

@@ -45,7 +45,7 @@ class MetricRunner:
         writer = self.registry.writer
         call = self.timer.call
         watch = self._watch
-        at_start = threading.active_count()
+        at_start = _threads() if watch else threading.active_count()
         for m in self.registry.active:
             if step % m.every:
                 continue
@@ -55,7 +55,7 @@ class MetricRunner:
             if m.reduce != "rank0" and self.ranks is not None:
                 self._run_reduced(m, step, self.ranks)
                 continue
-            threads = threading.active_count() if watch else 0
+            threads = _threads() if watch else 0
             try:
                 shown = call(_value_of, m, writer, step)
                 if watch:
@@ -72,7 +72,7 @@ class MetricRunner:
                 else:
                     m.record_value(step, shown)
                     self.registry.wrote = True
-        self._watch = threading.active_count() > at_start
+        self._watch = (_threads() if watch else threading.active_count()) > at_start
 
     def _run_reduced(self, m: Metric, step: int, ranks: Ranks) -> None:
         """A metric whose ranks' values become one: every rank runs it and shares (status, value), so every rank
@@ -111,7 +111,7 @@ class MetricRunner:
 
     @staticmethod
     def _count_threads(m: Metric, before: int) -> None:
-        m.threads_left = m.threads_left + 1 if threading.active_count() > before else 0
+        m.threads_left = m.threads_left + 1 if _threads() > before else 0
         if m.threads_left >= THREAD_STRIKES:
             raise ThreadsLeft(
                 f"metric {m.name!r} left more threads running on {THREAD_STRIKES} runs in a row; a metric must not "
@@ -141,6 +141,15 @@ class MetricRunner:
 
 _NOTHING = object()
 _FAILED, _VALUE, _NONE = 0, 1, 2
+
+
+def _threads() -> int:
+    """Threads that are not the bridge's own nor a writer's flush timer (one starts per flush cycle)."""
+    return sum(
+        1 for t in threading.enumerate() if not t.name.startswith("bidviz") and not isinstance(t, threading.Timer)
+    )
+
+
 REDUCE: dict[str, Callable[[list[float]], float]] = {
     "mean": lambda v: sum(v) / len(v),
     "sum": sum,
