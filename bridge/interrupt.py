@@ -1,11 +1,13 @@
 """Time budget for user hooks: a hook that runs too long is interrupted in the training thread itself.
 
-A monitor thread looks every ~100 ms at which hook is running since when; past its budget, it raises
-`MetricTimeout` inside the training thread (`PyThreadState_SetAsyncExc`). The training thread clears a pending
-interrupt that arrives after its hook has already returned, so it never escapes into the user's loop. A hook
-blocked inside one long C call (a sleep, a read, a huge matmul) cannot be interrupted by anything but a signal; it
-is interrupted when that call returns (so `time.sleep(100)` in a metric stalls training for 100 s, then the metric
-is disabled). `os._exit()` and a crash of native code end the process: out of any hook's reach.
+A monitor thread looks every ~100 ms at which hook is running since when; past its budget, it raises an interrupt
+inside the training thread (`PyThreadState_SetAsyncExc`; a BaseException, so the hook's own `except Exception`
+cannot keep it, raised again each budget while the hook runs), which the caller sees as `MetricTimeout`. The
+training thread clears a pending interrupt that arrives after its hook has already returned, so it never escapes
+into the user's loop. A hook blocked inside one long C call (a sleep, a read, a huge matmul) cannot be interrupted
+by anything but a signal; it is interrupted when that call returns (so `time.sleep(100)` in a metric stalls training
+for 100 s, then the metric is disabled). `os._exit()` and a crash of native code end the process: out of any hook's
+reach.
 
 User code may raise anything. `is_real_ctrl_c` tells the user's own Ctrl-C (a SIGINT the process received while
 the hook ran) from a `KeyboardInterrupt` the code raised itself: the first ends training as it would without
@@ -28,12 +30,19 @@ _set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
 _set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
 
 
+class _OverBudget(BaseException):
+    """What the monitor raises inside a hook past its budget: not an Exception, so the hook's own `except
+    Exception` cannot keep it (a loop doing so ran forever), and raised again each budget while the hook still
+    runs. The caller of `HookTimer.call` gets MetricTimeout."""
+
+
 class HookTimer:
     def __init__(self, budget: float) -> None:
         self.budget = budget
         self._lock = threading.Lock()
         self._running: tuple[int, float] | None = None  # (thread id, start), set by the training thread
         self._fired = False
+        self._fired_at = 0.0
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -64,34 +73,41 @@ class HookTimer:
         started = time.monotonic()
         self.start(threading.get_ident())
         try:
-            value = fn(*args)
-        except BaseException as e:
+            try:
+                value = fn(*args)
+            except BaseException as e:
+                if self._finished():
+                    raise self._timeout() from None
+                if isinstance(e, Exception) or is_real_ctrl_c(e, started):
+                    raise
+                raise as_failure(e) from e
             if self._finished():
-                raise MetricTimeout(f"ran longer than its {self.budget:g} s budget and was interrupted") from None
-            if isinstance(e, Exception) or is_real_ctrl_c(e, started):
-                raise
-            raise as_failure(e) from e
-        if self._finished():
-            raise MetricTimeout(f"ran longer than its {self.budget:g} s budget and was interrupted")
+                raise self._timeout()
+        except _OverBudget:  # delivered after the hook, before `finish` cleared it
+            self._finished()
+            raise self._timeout() from None
         return value
+
+    def _timeout(self) -> MetricTimeout:
+        return MetricTimeout(f"ran longer than its {self.budget:g} s budget and was interrupted")
 
     def _finished(self) -> bool:
         fired = False
         while True:
             try:
                 return self.finish() or fired
-            except MetricTimeout:  # delivered between the hook's end and the clearing: it did fire
+            except _OverBudget:  # delivered between the hook's end and the clearing: it did fire
                 fired = True
 
     def _watch(self) -> None:
         while not self._closed.wait(min(0.1, self.budget / 4)):
-            running = self._running
-            if running is None or time.monotonic() - running[1] < self.budget:
+            running, now = self._running, time.monotonic()
+            if running is None or now - running[1] < self.budget:
                 continue
             with self._lock:
-                if self._running is running and not self._fired:
-                    self._fired = True
-                    _set_async_exc(running[0], ctypes.py_object(MetricTimeout))
+                if self._running is running and (not self._fired or now - self._fired_at >= self.budget):
+                    self._fired, self._fired_at = True, now
+                    _set_async_exc(running[0], ctypes.py_object(_OverBudget))
 
     def close(self) -> None:
         self._closed.set()
