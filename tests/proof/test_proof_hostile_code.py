@@ -22,6 +22,9 @@ from bidviz import protocol
 
 BUDGET = "1"
 
+# A loop whose `except Exception` would keep the budget's interrupt (if it were an Exception) and go on forever.
+SWALLOW = "while True:\n    try:\n        sum(range(1000))\n    except Exception:\n        pass"
+
 # (case, code, now, expected status, expected error type; for an applied one, a part of its repr)
 EVALS: list[tuple[str, str, bool, str, str]] = [
     ("SystemExit", "raise SystemExit(3)", False, "failed", "SystemExit"),
@@ -61,6 +64,7 @@ EVALS: list[tuple[str, str, bool, str, str]] = [
     ("sleep 3 s, budget 1 s", "time.sleep(3)\n'woke'", False, "failed", "MetricTimeout"),
     ("infinite loop", "while True:\n    pass", False, "failed", "MetricTimeout"),
     ("infinite loop, now", "while True:\n    pass", True, "failed", "MetricTimeout"),
+    ("loop that swallows Exception", SWALLOW, False, "failed", "MetricTimeout"),
     ("SystemExit, now", "raise SystemExit(5)", True, "failed", "SystemExit"),
     ("'1+' * 100000 (past the code limit)", "1+" * 100_000, False, "rejected", "TooLarge"),
     ("compiler recursion", "1+" * 49_999 + "1", False, "rejected", "SyntaxError"),
@@ -96,6 +100,7 @@ METRICS: list[tuple[str, str, str, str | None]] = [
     ),
     ("m_sleep", "time.sleep(3)\nreturn 1", "disabled", "MetricTimeout"),
     ("m_loop", "while True:\n    pass", "disabled", "MetricTimeout"),
+    ("m_swallow", SWALLOW, "disabled", "MetricTimeout"),
     ("m_recursion", "def f():\n    return f()\nreturn f()", "disabled", "RecursionError"),
     ("m_repr", "class R(float):\n    def __repr__(self):\n        raise SystemExit\nreturn R(2.0)", "running", None),
     ("m_fine", "loss", "running", None),
