@@ -175,7 +175,7 @@ def make_command(
     """Build (and sign when `secret` is given) a valid command, raising ProtocolError on bad arguments.
     `expires_in`: seconds after which a bridge that has not claimed it answers rejected/Expired instead."""
     entry = kinds.get(kind)
-    checked = entry.parse_args(dict(args or {}))
+    checked = entry.parse_args(dict(args) if isinstance(args, Mapping) else args)
     sent_at = clock()
     cmd = Command(
         id=command_id or new_id(),

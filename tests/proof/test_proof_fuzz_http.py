@@ -142,12 +142,6 @@ def test_every_accepted_command_is_answered_once_and_training_goes_on(plane: Pla
         figures.crashed += 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: protocol.make_command runs dict(args) before the kinds table checks args, so a list or a string "
-    "raises TypeError/ValueError (a 500 in both HTTP shells) instead of a 400; and a list of pairs is taken as an "
-    "object",
-)
 @pytest.mark.parametrize("args", [[1, 2], "ab", [["code", "1"]]])
 def test_args_that_are_not_an_object_are_refused_with_a_400(plane: Plane, args: Any) -> None:
     body = json.dumps({"run": RUN, "kind": "eval", "args": args}).encode()
