@@ -18,7 +18,7 @@ from typing import Any
 
 from bidviz.writers.records import iter_record_batches, iter_records
 
-__all__ = ["read_events", "read_scalars"]
+__all__ = ["ScalarDecoder", "event_files", "read_events", "read_scalars"]
 
 PathLike = str | os.PathLike[str]
 Series = dict[str, list[tuple[int, float, float]]]
@@ -48,15 +48,32 @@ def read_scalars(path: PathLike) -> Series:
     run's files. A record cut short at the end of a file is skipped with a warning; a checksum mismatch raises
     ValueError naming the file and the byte offset.
     """
-    series: Series = {}
-    plugin_of: dict[str, str] = {}
-    # The fast path's keys, by the width of the value that follows them (a key learned from a record with a 4-byte
-    # value must not match a record with 8 bytes after the same bytes).
-    layouts4: dict[bytes, tuple[list[tuple[int, float, float]], Callable[..., tuple[Any, ...]]]] = {}
-    layouts8: dict[bytes, tuple[list[tuple[int, float, float]], Callable[..., tuple[Any, ...]]]] = {}
-    layouts = {4: layouts4, 8: layouts8}
-    for file in _event_files(path):
-        for offset, data in (record for batch in iter_record_batches(file, stacklevel=3) for record in batch):
+    decoder = ScalarDecoder()
+    for file in event_files(path):
+        for batch in iter_record_batches(file, stacklevel=3):
+            decoder.feed(file, batch)
+    return decoder.series
+
+
+class ScalarDecoder:
+    """The scalars of a run's records, fed in file order a batch at a time (`read_scalars` feeds whole files; a tail
+    such as `bidviz.writers.tail.EventTail` feeds what was appended since its last read). `series` grows in place;
+    what a tag's plugin is and the fast path's keys are kept between feeds."""
+
+    def __init__(self) -> None:
+        self.series: Series = {}
+        self._plugin_of: dict[str, str] = {}
+        # The fast path's keys, by the width of the value that follows them (a key learned from a record with a
+        # 4-byte value must not match a record with 8 bytes after the same bytes).
+        self._layouts4: dict[bytes, tuple[list[tuple[int, float, float]], Callable[..., tuple[Any, ...]]]] = {}
+        self._layouts8: dict[bytes, tuple[list[tuple[int, float, float]], Callable[..., tuple[Any, ...]]]] = {}
+
+    def feed(self, file: str, batch: list[tuple[int, bytes]]) -> None:
+        """Decode a batch of (byte offset, data) records of `file` (offsets and file name only name a bad record)."""
+        series, plugin_of = self.series, self._plugin_of
+        layouts4, layouts8 = self._layouts4, self._layouts8
+        layouts = {4: layouts4, 8: layouts8}
+        for offset, data in batch:
             size = len(data)
             # wall_time (field 1, fixed64) and step (field 2, varint) lead every event that has them; steps
             # below 2**21 are decoded inline, the rest by _lead.
@@ -101,13 +118,12 @@ def read_scalars(path: PathLike) -> Series:
                 if len(values) == 1 and end == size and fmt in _FIXED and size <= _LAYOUT_MAX:
                     width, unpack = _FIXED[fmt]
                     layouts[width][data[pos : size - width]] = (points, unpack)
-    return series
 
 
 def read_events(path: PathLike) -> Iterator[tuple[str, Any]]:
     """(file, Event proto) for every record of a run directory's event files (sorted by name) or of one file."""
     Event = _event_class()
-    for file in _event_files(path):
+    for file in event_files(path):
         for offset, data in iter_records(file, stacklevel=3):
             try:
                 event = Event.FromString(data)
@@ -125,7 +141,8 @@ def _event_class() -> Any:
     return Event
 
 
-def _event_files(path: PathLike) -> list[str]:
+def event_files(path: PathLike) -> list[str]:
+    """The event files of a run directory (its own, sorted by name; not its subdirectories'), or [path] for a file."""
     name = os.fspath(path)
     if not os.path.isdir(name):
         return [name]

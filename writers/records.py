@@ -91,12 +91,16 @@ def iter_records(file: str | os.PathLike[str], stacklevel: int = 2) -> Iterator[
         yield from batch
 
 
-def iter_record_batches(file: str | os.PathLike[str], stacklevel: int = 2) -> Iterator[list[tuple[int, bytes]]]:
-    """Lists of (byte offset, data) of the records of `file`, both checksums checked, a list per read of the
-    file (a few MB): one generator step per list, not per record, for readers that go through millions.
+def iter_record_batches(
+    file: str | os.PathLike[str], stacklevel: int = 2, *, start: int = 0, warn_truncated: bool = True
+) -> Iterator[list[tuple[int, bytes]]]:
+    """Lists of (byte offset, data) of the records of `file` from byte `start` (a record boundary), both checksums
+    checked, a list per read of the file (a few MB): one generator step per list, not per record, for readers that
+    go through millions.
 
-    A record cut short at the end of the file (a writer killed, or still writing) ends the iteration with a
-    warning; a checksum mismatch raises ValueError naming the file and the record's byte offset.
+    A record cut short at the end of the file (a writer killed, or still writing) ends the iteration, with a
+    warning unless `warn_truncated` is false (a tail that reads it again once it is whole); a checksum mismatch
+    raises ValueError naming the file and the record's byte offset.
     """
     name = os.fspath(file)
     masked, unpack_header, unpack_footer = masked_crc, HEADER.unpack_from, FOOTER.unpack_from
@@ -104,9 +108,11 @@ def iter_record_batches(file: str | os.PathLike[str], stacklevel: int = 2) -> It
     # are checked with one dictionary lookup (no slice, no CRC).
     good_lengths: dict[int, int] = {}
     with open(name, "rb") as stream:
+        if start:
+            stream.seek(start)
         buffer = b""
         size = position = 0  # of the buffer; of the next record in it
-        offset = 0  # of buffer[0] in the file
+        offset = start  # of buffer[0] in the file
         batch: list[tuple[int, bytes]] = []
         while True:
             if size - position < 12:
@@ -116,7 +122,7 @@ def iter_record_batches(file: str | os.PathLike[str], stacklevel: int = 2) -> It
                 buffer, offset, position = buffer[position:] + stream.read(_READ_SIZE), offset + position, 0
                 size = len(buffer)
                 if size < 12:
-                    if buffer:
+                    if buffer and warn_truncated:
                         _warn_truncated(name, offset, stacklevel)
                     return
             length, length_crc = unpack_header(buffer, position)
@@ -136,7 +142,8 @@ def iter_record_batches(file: str | os.PathLike[str], stacklevel: int = 2) -> It
                 buffer += stream.read(max(_READ_SIZE, end - len(buffer)))
                 size = len(buffer)
                 if end > size:
-                    _warn_truncated(name, offset, stacklevel)
+                    if warn_truncated:
+                        _warn_truncated(name, offset, stacklevel)
                     return
             data = buffer[position + 12 : end - 4]
             if masked(data) != unpack_footer(buffer, end - 4)[0]:
