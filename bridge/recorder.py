@@ -175,8 +175,11 @@ class Recorder:
     def _write(self, batch: list[tuple[dict[str, Any], dict[str, Any] | None, Path | None]]) -> None:
         self._append([entry for entry, _, _ in batch])
         now = time.time()
-        if any(response is not None for _, response, _ in batch):
+        answers = sum(response is not None for _, response, _ in batch)
+        if answers:
             self.write_state()  # once per batch, so a client that got its answer reads a state that shows it
+            if len(self._answered) + answers > OUTBOX_MAX:
+                self.prune(now, room=answers)  # the cap holds with this batch's answers in the outbox too
         for _, response, file in batch:
             if response is None:
                 continue
@@ -187,7 +190,7 @@ class Recorder:
         self.error = None
         if self._since_checkpoint >= CHECKPOINT_LINES:
             self._checkpoint()
-        if now - self._last_prune >= PRUNE_SECONDS or len(self._answered) > OUTBOX_MAX:
+        if now - self._last_prune >= PRUNE_SECONDS:
             self.prune(now)
 
     def _append(self, entries: list[dict[str, Any]]) -> None:
@@ -225,13 +228,15 @@ class Recorder:
 
     # -- pruning --------------------------------------------------------------------------------------------------
 
-    def prune(self, now: float) -> None:
-        """Old responses (journaled long ago: the journal keeps them) and leftovers of dead writers in tmp/."""
+    def prune(self, now: float, room: int = 0) -> None:
+        """Old responses (journaled long ago: the journal keeps them) and leftovers of dead writers in tmp/;
+        `room`: answers about to be written, which must fit under OUTBOX_MAX with the ones kept."""
         self._last_prune = now
         keep_after = now - OUTBOX_SECONDS
         if not self._answered:  # at start: what earlier runs left
             _prune_dir(self.mailbox.outbox, keep_after)
-        while self._answered and (self._answered[0][0] < keep_after or len(self._answered) > OUTBOX_MAX):
+        keep = max(OUTBOX_MAX - room, 0)
+        while self._answered and (self._answered[0][0] < keep_after or len(self._answered) > keep):
             _, cid = self._answered.popleft()
             try:
                 os.unlink(self.mailbox.outbox / f"{cid}.json")

@@ -153,7 +153,8 @@ class Registry:
         metric = Metric(
             name, args["code"], args["every"], args.get("kind", "auto"), make_function(code, self.namespace)
         )
-        metric.sender, metric.status, metric.reduce = sender, status, args.get("reduce", "rank0")
+        metric.sender, metric.status, metric.reduce = sender, status, args.get("reduce") or "rank0"
+        metric.last_error = args.get("last_error")  # a restored metric's: why it was disabled
         with self.lock:
             self.metrics[name] = metric
             self.refresh()

@@ -120,8 +120,13 @@ def _fold(out: Restored, entry: dict[str, Any], wanted: set[str], restore: bool)
             if isinstance(c, dict) and isinstance(c.get("id"), str):
                 out.interrupted[c["id"]] = {**c, "step": entry.get("step")}
         return True
+    if event == "metric_error" and entry.get("metric") in out.metrics and isinstance(entry.get("error"), dict):
+        out.metrics[entry["metric"]]["last_error"] = entry["error"]
+        return True
     if event == "metric_disabled" and entry.get("metric") in out.metrics:
-        out.metrics[entry["metric"]]["status"] = "disabled"
+        spec = out.metrics[entry["metric"]]
+        spec["status"] = "disabled"
+        spec["last_error"] = {**(spec.get("last_error") or {}), "disabled": str(entry.get("reason") or "disabled")}
         return True
     if event != "command" or not isinstance(entry.get("response"), dict):
         return True
@@ -142,11 +147,11 @@ def _fold(out: Restored, entry: dict[str, Any], wanted: set[str], restore: bool)
 
 def _metric_spec(spec: Any) -> dict[str, Any]:
     """A metric of a checkpoint line, as strict as an add_metric command."""
-    args = kinds.ADD_METRIC.parse_args({k: spec[k] for k in ("name", "code", "every", "kind") if k in spec})
-    status = spec.get("status")
-    sender = spec.get("sender")
+    args = kinds.ADD_METRIC.parse_args({k: spec[k] for k in kinds.METRIC_SET_FIELDS if spec.get(k) is not None})
+    status, sender, last_error = spec.get("status"), spec.get("sender"), spec.get("last_error")
     return {
         **args,
         "status": status if status in ("running", "paused", "disabled") else "running",
         "sender": sender if isinstance(sender, str) else "",
+        **({"last_error": last_error} if isinstance(last_error, dict) else {}),
     }

@@ -86,7 +86,10 @@ def test_user_code_that_raises_systemexit_or_baseexception_never_stops_training(
     assert t.wait()[0] == 0
     again = start_trainer("--budget", "2")  # the replay does not re-install anything that ends the run
     again.wait_for(lambda s: (s["step"] or 0) > 20, what="a restarted run that keeps training")
-    assert again.state()["metrics"]["exits"]["status"] == "disabled"
+    restored = again.state()["metrics"]["exits"]
+    assert restored["status"] == "disabled", restored
+    assert "SystemExit" in restored["last_error"]["message"], "a resumed run still says why it was disabled"
+    assert restored["last_error"]["disabled"].startswith("disabled"), restored["last_error"]
 
 
 def test_a_metric_that_starts_a_thread_each_step_is_disabled(start_trainer):
@@ -203,12 +206,16 @@ def test_answered_commands_leave_the_outbox_and_tmp_leftovers_go(tmp_path, monke
         for i in range(120):
             cid = mb.send(protocol.make_command("set_hparam", {"name": "lr", "value": i / 1000}))
             step = step_until(bridge, lambda cid=cid: mb.read_response(cid) is not None, start=step)
-        assert len(list(mb.outbox.iterdir())) <= 21
+        assert len(list(mb.outbox.iterdir())) <= 20
+        burst = [mb.send(protocol.make_command("set_hparam", {"name": "lr", "value": i / 100})) for i in range(15)]
+        step_until(bridge, lambda: all((mb.journal_path.read_text().count(c) > 0) for c in burst), start=step)
+        assert len(list(mb.outbox.iterdir())) <= 20, "a batch of answers does not push the outbox past its cap"
+        assert mb.read_response(burst[-1]) is not None
         assert list(mb.inbox.iterdir()) == []
     commands = [e for e in mb.iter_journal() if e.get("event") == "command"]
-    assert len(commands) == 120, "the journal keeps every answer"
+    assert len(commands) == 135, "the journal keeps every answer"
     state = json.loads(mb.state_path.read_text())
-    assert state["hparams"]["lr"]["value"] == 0.119
+    assert state["hparams"]["lr"]["value"] == 0.14
 
 
 def test_resume_reads_from_the_last_checkpoint_not_the_whole_journal(tmp_path, monkeypatch):

@@ -7,8 +7,8 @@ Bounds, and why:
   bridge keeps grows with the commands only up to fixed caps (remembered ids <= 50,000 short strings, answered ids
   <= OUTBOX_MAX, 60 recent values a metric, 20 changes a hyperparameter): a few MB at most. A leak of 1 kB a
   command would show as 24 MB over the long run (12,000 commands); the short run only shows gross leaks.
-- outbox: never more than OUTBOX_MAX files, give or take one batch of answers (the recorder prunes after writing a
-  batch: 10,006 were seen). The bridge offers no setting to lower its 1 h / 10,000 retention, so the short run
+- outbox: never more than OUTBOX_MAX files (the recorder makes room before it writes a batch of answers; before
+  that fix it pruned after, and 10,006 were seen). The bridge offers no setting to lower its 1 h / 10,000 retention, so the short run
   checks the count equals what it answered, and the long run (12,000 commands) reaches the cap; responses are
   read as they come, since the oldest are pruned past the cap.
 - tmp/: a handful of files in flight at most, and empty once the sender stops.
@@ -37,7 +37,6 @@ EVERY = 0.05
 RSS_GROWTH_MB = 30
 RESTORE_SECONDS = 5.0
 TMP_IN_FLIGHT = 10
-OUTBOX_BATCH = 50  # the recorder prunes after writing a batch of answers: the cap is exceeded by one batch at most
 
 RESTORE = """
 import sys, time
@@ -164,7 +163,7 @@ def test_soak_stays_flat(start_trainer, tmp_path: Path) -> None:
     steps = [s["step"] for s in samples if s["step"] is not None]
     assert all(b > a for a, b in zip(steps, steps[1:], strict=False)), f"training stalled: {steps}"
     assert growth < RSS_GROWTH_MB, f"RSS grew {growth:.1f} MB: {[round(s['rss_mb']) for s in samples]}"
-    assert max(s["outbox"] for s in samples) <= OUTBOX_MAX + OUTBOX_BATCH
+    assert max(s["outbox"] for s in samples) <= OUTBOX_MAX
     if len(sender.sent) < OUTBOX_MAX:  # nothing pruned yet: one response a command, nothing else
         assert count(t.mailbox.outbox) == len(sender.sent)
     assert max(s["tmp"] for s in samples) <= TMP_IN_FLIGHT and tmp_left == [], tmp_left
