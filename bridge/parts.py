@@ -32,6 +32,7 @@ from .lockstep import Lockstep, NullWriter, Quiet
 from .mailroom import Mailroom
 from .metrics import Metric, compile_metric, error_info
 from .ranks import Ranks
+from .rate import StepRate
 from .recorder import STATE_SECONDS, Recorder, build_response
 from .registry import Control, Registry
 from .replay import Restored, last_checkpoint, read_lines, replay
@@ -72,8 +73,7 @@ class Parts:
         mark_ctrl_c()
         self._last_slow = self._last_flush = self._last_look = time.monotonic()
         self._calls_at_slow = 0
-        self._rate_mark = (time.monotonic(), 0)
-        self._calls = 0
+        self.rate = StepRate()
         self._inbox_mtime = 0
         with ExitStack() as undo:  # a constructor that fails releases everything it took
             self.mailbox = Mailbox(self.run_dir)
@@ -134,7 +134,6 @@ class Parts:
 
     def slow_step(self, calls: int, step: int | None, context: dict[str, Any], prepare: Any) -> int:
         """Apply what is pending and run the metrics; returns the call count at which to look again."""
-        self._calls = calls
         control = self.control
         control.step = step = calls - 1 if step is None else step
         ns = self.namespace
@@ -144,6 +143,7 @@ class Parts:
         if not control.stepping:
             self.registry.first_step()
         now = time.monotonic()
+        self.rate.mark(now, calls)
         if self.mailroom is not None and now - self._last_look >= CHECK_SECONDS / 2:
             self._last_look = now
             self._look_at_inbox()
@@ -156,10 +156,13 @@ class Parts:
                 prepare()
                 prepare = None
             self.applier.apply_pending()
-        while self.lockstep is None and control.paused and not control.should_stop and not control.closed:
-            self.handoff.arrived.wait(0.1)
-            self.handoff.arrived.clear()
-            self.applier.apply_pending()
+        if self.lockstep is None and control.paused:
+            while control.paused and not control.should_stop and not control.closed:
+                self.handoff.arrived.wait(0.1)
+                self.handoff.arrived.clear()
+                self.applier.apply_pending()
+            self.rate.restart()  # the pace goes on from the resume, not from before the pause
+            self.rate.mark(time.monotonic(), calls)
         if self.registry.active:
             self.runner.run(step, prepare)
         return self._next_check(calls, now)
@@ -230,10 +233,7 @@ class Parts:
         control = self.control
         if now - self._last_slow > 0.05 and not control.paused:
             self.poke()  # a slow loop: have the next step refresh step and steps/s
-        t0, c0 = self._rate_mark
-        if now - t0 >= 1.0:
-            control.steps_per_sec = (self._calls - c0) / (now - t0) if not control.paused else 0.0
-            self._rate_mark = (now, self._calls)
+        control.steps_per_sec = self.rate.rate(now) if not control.paused else 0.0
         if self.registry.wrote and now - self._last_flush >= self.flush_secs:
             self.registry.wrote = False
             self._last_flush = now
