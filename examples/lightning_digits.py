@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=600, help="optimizer steps to train; 0 trains until stopped")
     p.add_argument("--delay", type=float, default=0.0, help="seconds to sleep per step, so a person can follow")
     p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--accumulate", type=int, default=1, help="batches per optimizer step (accumulate_grad_batches)")
     p.add_argument("--devices", type=int, default=1, help="CPU processes; more than 1 trains with DDP (gloo)")
     p.add_argument("--quiet", action="store_true", help="do not print the commands to try")
     return p.parse_args(argv)
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=10,
+        accumulate_grad_batches=args.accumulate,
         accelerator="cpu",
         devices=args.devices,
         # With more than one device Lightning runs this script again for each other rank; each makes a bridge.

@@ -2,9 +2,11 @@
 
 The bridge starts when fitting starts (the optimizers and LR schedulers exist by then), writes through the trainer's
 `TensorBoardLogger` when it has one (so its series land in the logger's run, `lightning_logs/version_N`), steps at
-every `on_train_batch_end` with `trainer.global_step`, and stops the Lightning way: `trainer.should_stop = True`
-ends the fit after the current batch, through Lightning's own end-of-training hooks. It closes at `teardown`, before
-the logger is finalized.
+each `on_train_batch_end` that ended an optimizer step, with `trainer.global_step` (with `accumulate_grad_batches=4`,
+once every 4 batches: metrics run once per optimizer step, `--every N` counts optimizer steps, and commands apply
+between optimizer steps, never between the micro-batches of one), and stops the Lightning way:
+`trainer.should_stop = True` ends the fit after the current batch, through Lightning's own end-of-training hooks. It
+closes at `teardown`, before the logger is finalized.
 
 Under a distributed strategy (`strategy="ddp"`, ...) every process runs a bridge on the same run directory: the
 global-zero process's choice, broadcast once (the other processes' loggers are dummies). Rank 0 leads: it alone
@@ -61,6 +63,7 @@ class BIDVizCallback(Callback):
         self.hparam_specs = hparams
         self.bridge_kwargs = bridge_kwargs
         self.bridge: Bridge | None = None
+        self._before = -1  # trainer.global_step when this batch started
 
     # -- Lightning hooks ------------------------------------------------------------------------------
 
@@ -84,12 +87,17 @@ class BIDVizCallback(Callback):
             bridge.bind_optimizer(optimizer, schedulers.get(id(optimizer)), prefix=f"opt{i}/" if i else "")
         register_hparams(bridge, self.hparam_specs)
 
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        """Note the step count, to see whether this batch ends an optimizer step."""
+        self._before = trainer.global_step
+
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """A step boundary: apply commands, run metrics; a `stop` sets `trainer.should_stop`."""
+        """A step boundary when this batch ended an optimizer step (`global_step` moved; not after the other
+        micro-batches of gradient accumulation): apply commands, run metrics; a `stop` sets `trainer.should_stop`."""
         bridge = self.bridge
-        if bridge is None:
+        if bridge is None or trainer.global_step == self._before:
             return
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         bridge.step(trainer.global_step, outputs=outputs, loss=loss, batch=batch, batch_idx=batch_idx)

@@ -66,3 +66,29 @@ def test_lightning_callback_end_to_end(start_training) -> None:  # type: ignore[
     assert {v for _, _, v in series["bidviz/batch_size"]} <= {64.0, 1500.0 % 64}
     assert [v for _, _, v in series["hparams/lr"]][-1] == pytest.approx(0.5)
     assert all(math.isfinite(v) and v > 0 for _, _, v in series["bidviz/w_norm"])
+
+
+def test_lightning_accumulation_steps_once_per_optimizer_step(start_training) -> None:  # type: ignore[no-untyped-def]
+    """accumulate_grad_batches=4: one metric run per optimizer step (at the batch that ends it), `every` counts
+    optimizer steps, and commands apply between optimizer steps, never between the micro-batches of one."""
+    training = start_training("lightning_digits.py", "acc", "--steps", "0", "--accumulate", "4", "--delay", "0.005")
+    run = training.run_dir
+    training.wait_live()
+    add_metric(run, "batch_idx", "batch_idx", every=2)
+    add_metric(run, "calls", "state['n'] = state.get('n', 0) + 1\nreturn state['n']")
+    # 1500 samples in batches of 64: 24 batches an epoch, 6 optimizer steps; each ends at batch 3, 7, ..., 23.
+    for _ in range(3):
+        step, batch_idx = eval_value(run, "trainer.global_step, batch_idx")
+        assert batch_idx % 4 == 3, (step, batch_idx)
+    training.wait_steps(12)
+    stop(training)
+
+    series = scalars(run)
+    points = series["bidviz/batch_idx"]
+    steps = [s for s, _, _ in points]
+    assert len(steps) >= 6 and len(set(steps)) == len(steps), steps  # one point per optimizer step
+    assert all(s % 2 == 0 for s in steps), steps  # every=2 counts optimizer steps
+    assert all(v % 4 == 3 for _, _, v in points), points  # taken at the batch that ended the optimizer step
+    calls = series["bidviz/calls"]
+    assert [s for s, _, _ in calls] == list(range(calls[0][0], calls[0][0] + len(calls)))
+    assert [v for _, _, v in calls] == [float(i + 1) for i in range(len(calls))]  # ran once per optimizer step
