@@ -10,7 +10,6 @@ file and the reason, so a client says so instead of waiting for a file that will
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -22,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
-from .errors import BridgeBusyError, ChannelError, StateError
+from .errors import BridgeBusyError, ChannelError, StateError  # noqa: F401 - BridgeBusyError: re-exported
+from .mailfiles import BridgeFiles, OwnerLock  # noqa: F401 - OwnerLock: re-exported
 
 DIRNAME = ".bidviz"
 LIVE_SECONDS = 5.0  # a bridge writes its heartbeat every second; older than this it is stale
 MAX_READ_BYTES = 64 * 1024 * 1024  # state.json or a response larger than this is not one a bridge wrote
+CLAIM_PREFIX = "claim-"  # tmp/claim-<inbox name>: the bridge's hold on a command file (see Mailbox.claim)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -54,8 +55,24 @@ def _owned_dir(d: Path) -> os.stat_result:
     return st
 
 
-class Mailbox:
+def is_url(run: object) -> bool:
+    """Whether `run` names a run on a store reached through fsspec (`s3://...`, `memory://...`), not a local path."""
+    return isinstance(run, str) and "://" in run and not run.startswith("file://")
+
+
+def mailbox_for(run: str | os.PathLike[str]) -> Mailbox:
+    """The mailbox of `run`: a local directory, or a `remote.RemoteMailbox` for an fsspec URL."""
+    if is_url(run):
+        from .remote import RemoteMailbox
+
+        return RemoteMailbox(str(run))
+    return Mailbox(run)
+
+
+class Mailbox(BridgeFiles):
     """Paths of one run's mailbox, and the atomic operations on them."""
+
+    wait_interval = 0.1  # the longest pause between two reads of a response a client waits for
 
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
         self.run_dir = Path(run_dir)
@@ -131,8 +148,8 @@ class Mailbox:
         finally:
             os.close(fd)
 
-    def write_response(self, response: Mapping[str, Any]) -> None:
-        self.write_atomic(self.outbox / f"{response['id']}.json", protocol.dumps(response), fsync=True)
+    def write_response(self, response: Mapping[str, Any], *, fsync: bool = True) -> None:
+        self.write_atomic(self.outbox / f"{response['id']}.json", protocol.dumps(response), fsync=fsync)
 
     def write_state(self, state: Mapping[str, Any]) -> None:
         self.write_atomic(self.state_path, protocol.dumps(state))
@@ -201,6 +218,58 @@ class Mailbox:
             raise
         return command.id
 
+    # -- the claim: a command is applied or withdrawn, never both ----------------------------------------------
+    #
+    # The bridge claims a file by hard-linking it to `tmp/claim-<name>` before reading it (`claim`); a sender
+    # that gives up withdraws it by renaming it out of the inbox (`withdraw`). Either the link or the rename comes
+    # first: a link after the rename fails (the bridge skips the file), and a rename after the link leaves the
+    # file with two links, which the sender sees, so it puts the file back and reports it taken. The bridge reads
+    # the command through its link and removes it after the response is written.
+
+    def claim_path(self, name: str) -> Path:
+        return self.tmp / f"{CLAIM_PREFIX}{name}"
+
+    def claim(self, name: str) -> Path | None:
+        """Claim inbox file `name` for the bridge: the path to read it through, or None when its sender withdrew it
+        (or it is gone). Where the file system has no hard links (or `name` is a directory) the inbox path is
+        returned: admission refuses what is not a file, and withdrawal is then not protected."""
+        src, dst = self.inbox / name, self.claim_path(name)
+        for _ in range(2):
+            try:
+                os.link(src, dst, follow_symlinks=False)
+                return dst
+            except FileNotFoundError:
+                return None if not os.path.lexists(src) else src
+            except FileExistsError:  # left by a bridge that died before removing it
+                try:
+                    os.unlink(dst)
+                except FileNotFoundError:
+                    pass
+            except OSError:
+                return src
+        return src
+
+    def unclaim(self, name: str) -> None:
+        try:
+            os.unlink(self.claim_path(name))
+        except FileNotFoundError:
+            pass
+
+    def withdraw(self, command: protocol.Command) -> str:
+        """Take back a command its sender no longer waits for: 'withdrawn' (it will never be applied), 'claimed'
+        (the bridge took it first: it will be answered) or 'answered' (its response is in the outbox)."""
+        name = protocol.inbox_name(command.id, command.sent_at)
+        aside = self.tmp / f"withdrawn-{name}.{os.getpid()}"
+        try:
+            os.rename(self.inbox / name, aside)
+        except FileNotFoundError:  # a bridge removes a file only once it is answered
+            return "answered" if (self.outbox / f"{command.id}.json").exists() else "claimed"
+        if os.lstat(aside).st_nlink > 1:
+            os.rename(aside, self.inbox / name)  # the bridge holds it: back in place, as if never touched
+            return "claimed"
+        os.unlink(aside)
+        return "answered" if (self.outbox / f"{command.id}.json").exists() else "withdrawn"
+
     def wait_response(self, command_id: str, timeout: float, interval: float = 0.01) -> dict[str, Any] | None:
         """The response, or None after `timeout` seconds; a corrupt response file raises StateError at once."""
         deadline = time.monotonic() + timeout
@@ -209,7 +278,10 @@ class Mailbox:
             if resp is not None or time.monotonic() >= deadline:
                 return resp
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
-            interval = min(interval * 1.5, 0.1)
+            interval = min(interval * 1.5, self.wait_interval)
+
+    def owner_lock(self) -> OwnerLock:
+        return OwnerLock(self)
 
     def liveness(self, state: Mapping[str, Any] | None = None) -> str:
         """'live', 'stale' (no heartbeat for LIVE_SECONDS: crashed or hung), 'ended', or 'none'.
@@ -220,7 +292,7 @@ class Mailbox:
             return "none"
         if state.get("closed"):
             return "ended"
-        if state.get("host") == socket.gethostname() and not _pid_alive(state.get("pid")):
+        if state.get("host") == socket.gethostname() and not pid_alive(state.get("pid")):
             return "stale"  # killed: no need to wait for the heartbeat to age
         beat = heartbeat(state)
         return "live" if beat is not None and time.time() - beat < LIVE_SECONDS else "stale"
@@ -250,6 +322,11 @@ def _read_object(path: Path, what: str) -> dict[str, Any] | None:
         return None
     except OSError as e:
         raise StateError(_unreadable(path, what, e)) from None
+    return parse_object(data, path, what)
+
+
+def parse_object(data: bytes, path: object, what: str) -> dict[str, Any]:
+    """The JSON object `data` read from `path`, or StateError saying why it is not one."""
     if len(data) > MAX_READ_BYTES:
         raise StateError(f"{path} ({what}) is larger than {MAX_READ_BYTES} bytes: not a file a bridge wrote")
     try:
@@ -263,7 +340,8 @@ def _read_object(path: Path, what: str) -> dict[str, Any] | None:
     return obj
 
 
-def _pid_alive(pid: Any) -> bool:
+def pid_alive(pid: Any) -> bool:
+    """Whether process `pid` runs on this host (a pid that is not a positive int never does)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -275,82 +353,17 @@ def _pid_alive(pid: Any) -> bool:
     return True
 
 
-class OwnerLock:
-    """The one live consumer of a mailbox.
-
-    On one host an exclusive `flock` on `owner` decides (the kernel drops it when the process dies, so a
-    crashed bridge never blocks a restart). The file's content (pid, host) lets a bridge on another host
-    sharing the directory see a live owner by its heartbeat.
-    """
-
-    def __init__(self, mailbox: Mailbox) -> None:
-        self.mailbox = mailbox
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        import fcntl
-
-        path = self.mailbox.owner_path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno not in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
-                raise
-            raise BridgeBusyError(self._busy_message()) from None
-        prev = self._read_owner(fd)
-        host = socket.gethostname()
-        if prev and prev.get("host") not in (None, host):
-            try:
-                state = self.mailbox.read_state()
-            except StateError:
-                state = None  # an unreadable state shows no live heartbeat of the other host's bridge
-            if self.mailbox.liveness(state) == "live":
-                os.close(fd)
-                raise BridgeBusyError(self._busy_message(prev))
-        info = {"pid": os.getpid(), "host": host, "started_at": time.time()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, protocol.dumps(info), 0)
-        os.fsync(fd)
-        self._fd = fd
-
-    def _read_owner(self, fd: int) -> dict[str, Any] | None:
-        try:
-            raw = os.pread(fd, 4096, 0)
-            owner = json.loads(raw) if raw else None
-            return owner if isinstance(owner, dict) else None
-        except ValueError:
-            return None
-
-    def _busy_message(self, owner: Mapping[str, Any] | None = None) -> str:
-        if owner is None:
-            try:
-                owner = json.loads(self.mailbox.owner_path.read_bytes())
-            except (OSError, ValueError):
-                owner = {}
-        who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}" if owner else "another process"
-        return (
-            f"{self.mailbox.run_dir} already has a live Bridge ({who}); only one may consume a run's commands. "
-            "Stop that training run first, or give this one another run directory"
-        )
-
-    def release(self) -> None:
-        if self._fd is not None:
-            try:
-                os.ftruncate(self._fd, 0)
-            except OSError:
-                pass
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
-
-
 def find_runs(logdir: str | os.PathLike[str], *, event_files: bool = False) -> list[tuple[str, Mailbox]]:
     """The runs under `logdir`, as (name, mailbox) sorted by name: every directory with a BIDViz mailbox (whether
     or not a bridge ever wrote in it), and with `event_files` also every directory holding event files.
 
     A name is the directory's path relative to `logdir` with forward slashes ("." for `logdir` itself), as
-    TensorBoard names runs. Hidden directories are not entered, symlinked ones are not followed."""
+    TensorBoard names runs. Hidden directories are not entered, symlinked ones are not followed. A URL (`s3://...`)
+    is listed on its store."""
+    if is_url(logdir):
+        from .remote import find_runs as find_remote_runs
+
+        return list(find_remote_runs(str(logdir), event_files=event_files))
     root = Path(logdir)
     runs = []
     for dirpath, dirnames, filenames in os.walk(root):

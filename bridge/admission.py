@@ -6,8 +6,6 @@ ProtocolError for anything wrong with the file; the mailroom turns any other exc
 
 from __future__ import annotations
 
-import os
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,8 @@ from bidviz.protocol import Command
 from .effects import BEHAVIOURS
 
 if TYPE_CHECKING:
+    from bidviz.channel import Mailbox
+
     from .registry import Registry
 
 
@@ -33,48 +33,25 @@ class Admitted:
     code: Any = None  # what the kind's admit step made: a metric's code object, an eval's (stmts, expr), ...
 
 
-def read_command_file(path: Path, *, secret: str | None) -> Command:
-    """The command in `path`, or ProtocolError for a symlink, a directory, a foreign or oversized file, or bad
-    content."""
-    name = path.name
-    file_id = protocol.id_from_filename(name)
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        raise ProtocolError(
-            f"{name!r} is a symlink; command files must be regular files written into inbox/ by a client",
-            type="NotAFile",
-        )
-    if not stat.S_ISREG(st.st_mode):
-        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise ProtocolError(f"{name!r} is {what}; the inbox takes one command file each", type="NotAFile")
-    if st.st_uid != os.getuid():
-        raise ProtocolError(
-            f"{name!r} belongs to uid {st.st_uid}, not to the bridge's user (uid {os.getuid()}); commands are taken "
-            "only from the user who runs training",
-            type="NotOwned",
-        )
-    if st.st_size > protocol.MAX_COMMAND_BYTES:
-        raise ProtocolError(
-            f"{name!r} is {st.st_size} bytes; the limit is {protocol.MAX_COMMAND_BYTES}", type="TooLarge"
-        )
-    if not protocol.is_command_filename(name):
-        raise ProtocolError(
-            f"command files are named <milliseconds>-<32 hex id>.json; received {name!r}", type="BadFileName"
-        )
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped between the lstat and the open
-            raise ProtocolError(f"{name!r} is not a regular file", type="NotAFile")
-        data = os.read(fd, protocol.MAX_COMMAND_BYTES + 1)
-    finally:
-        os.close(fd)
-    return protocol.parse_command(data, file_id=file_id, secret=secret)
+def read_command_file(mailbox: Mailbox, path: Path, *, secret: str | None, source: Path | None = None) -> Command:
+    """The command in inbox file `path` (read through `source`, the bridge's claim on it, when given), or
+    ProtocolError for a symlink, a directory, a foreign or oversized file, or bad content."""
+    data = mailbox.read_command(path.name, source)
+    return protocol.parse_command(data, file_id=protocol.id_from_filename(path.name), secret=secret)
 
 
-def admit(path: Path, *, secret: str | None, registry: Registry, now: float | None = None) -> Admitted:
-    """Read, validate and compile through the kind's admit step."""
+def admit(
+    mailbox: Mailbox,
+    path: Path,
+    *,
+    secret: str | None,
+    registry: Registry,
+    now: float | None = None,
+    source: Path | None = None,
+) -> Admitted:
+    """Read (through `source`, the claim, when given), validate and compile through the kind's admit step."""
     received = time.time() if now is None else now
-    cmd = read_command_file(path, secret=secret)
+    cmd = read_command_file(mailbox, path, secret=secret, source=source)
     if cmd.expires_at is not None and cmd.expires_at < received:
         raise ProtocolError(
             f"the command expired {received - cmd.expires_at:.1f}s before this bridge claimed it (its sender gave up "

@@ -11,7 +11,6 @@ every rank.
 from __future__ import annotations
 
 import collections
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -81,12 +80,13 @@ class Mailroom:
     def start(self, restored: Restored) -> None:
         self._restored = restored
         try:
-            present = {protocol.id_from_filename(n) for n in os.listdir(self.inbox)}
+            present = {protocol.id_from_filename(n) for n in self.recorder.mailbox.list_inbox()}
         except OSError:
             present = set()
         for cid in [c for c in restored.interrupted if c not in present]:  # its file is gone: answer it anyway
             self._interrupted(cid, self.inbox / f"{cid}.json", restored.interrupted.pop(cid))
-        self._observer = _observe(self.inbox, _Wake(self._wake.set), self._poll_interval)
+        if self.recorder.mailbox.events:
+            self._observer = _observe(self.inbox, _Wake(self._wake.set), self._poll_interval)
         self._wake.set()  # scan once at start: commands sent while no bridge ran
         self._thread.start()
 
@@ -108,13 +108,14 @@ class Mailroom:
 
     def _run(self) -> None:
         last_scan = 0.0
+        rescan = self.recorder.mailbox.rescan_seconds(self._poll_interval) or RESCAN_SECONDS
         while not self._stop.is_set():
             woke = self._wake.wait(TICK_SECONDS)
             if self._stop.is_set():
                 break
             try:
                 now = time.monotonic()
-                if woke or now - last_scan >= RESCAN_SECONDS:
+                if woke or now - last_scan >= rescan:
                     self._wake.clear()
                     last_scan = now
                     self.scan()
@@ -134,7 +135,7 @@ class Mailroom:
         previous: set[str] = set()
         for _ in range(SCAN_PASSES):
             try:
-                names = sorted(os.listdir(self.inbox))
+                names = sorted(self.recorder.mailbox.list_inbox())
             except OSError as e:
                 self.last_error = f"cannot list {self.inbox}: {e}"
                 return
@@ -166,9 +167,15 @@ class Mailroom:
         # From here on the id is answered (a rejection too, written later by the recorder): a second file with it
         # is a duplicate, even while this answer is in flight.
         self._inflight_ids.add(cid)
+        source = self.recorder.mailbox.claim(name)
         try:
-            item = admission.admit(path, secret=self.secret, registry=self.runtime.registry)
+            if source is None:  # its sender withdrew it: never applied, and the sender knows
+                raise FileNotFoundError(path)
+            item = admission.admit(
+                self.recorder.mailbox, path, secret=self.secret, registry=self.runtime.registry, source=source
+            )
         except FileNotFoundError:
+            self.recorder.mailbox.unclaim(name)
             self._inflight.discard(name)
             self._inflight_ids.discard(cid)
             return
@@ -198,11 +205,11 @@ class Mailroom:
                 return True
         done = self._restored.done.pop(cid, None)
         if done is not None:
-            if not (self.recorder.mailbox.outbox / f"{cid}.json").exists():
-                self.recorder.mailbox.write_atomic(self.recorder.mailbox.outbox / f"{cid}.json", protocol.dumps(done))
+            if not self.recorder.mailbox.has_response(cid):
+                self.recorder.mailbox.write_response(done)
             self._forget(path)
             return True
-        if cid in self._recent or cid in self._inflight_ids or (self.recorder.mailbox.outbox / f"{cid}.json").exists():
+        if cid in self._recent or cid in self._inflight_ids or self.recorder.mailbox.has_response(cid):
             self._forget(path)  # a duplicate delivery: the first file with this id gets the one response
             return True
         return False
@@ -219,21 +226,17 @@ class Mailroom:
 
     def _forget(self, path: Path) -> None:
         try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError:  # a directory: out of the inbox all the same, as the recorder moves one it answered
-            try:
-                os.rename(path, self.recorder.mailbox.tmp / f"quarantine-{time.time_ns()}-{path.name[:80]}")
-            except OSError:
-                return
+            self.recorder.mailbox.remove_command(path.name)  # a directory is moved out of the inbox all the same
+        except OSError:
+            return
+        self.recorder.mailbox.unclaim(path.name)
         self._inflight.discard(path.name)
 
     def _reject(self, path: Path, error: ProtocolError) -> None:
         cid = protocol.id_from_filename(path.name)
         stub = protocol.Command(id=cid, kind="unknown", args={})
         try:  # the kind and args, where the file has them, so the journal line says what was refused
-            stub = admission.read_command_file(path, secret=None)
+            stub = admission.read_command_file(self.recorder.mailbox, path, secret=None)
         except Exception:  # noqa: BLE001, S110 - nothing more to say than the rejection itself
             pass
         if stub.id != cid:

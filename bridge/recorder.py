@@ -15,9 +15,7 @@ costs one state write, not one each.
 from __future__ import annotations
 
 import collections
-import os
 import queue
-import shutil
 import sys
 import threading
 import time
@@ -90,7 +88,7 @@ class Recorder:
         self.mailbox = mailbox
         self._snapshot = snapshot
         self._state_lock = threading.Lock()
-        self._fd = os.open(mailbox.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._journal = mailbox.open_journal()
         self._jobs: queue.SimpleQueue[tuple[dict[str, Any], dict[str, Any] | None, Path | None] | None] = (
             queue.SimpleQueue()
         )
@@ -110,7 +108,9 @@ class Recorder:
     def start(self, restored: Restored, *, restore: bool = True) -> None:
         """Begin with what the replay gave (`restore=False`: a fresh start, whose checkpoints forget the past)."""
         self._folded = Restored(
-            hparams=dict(restored.hparams), metrics={n: dict(m) for n, m in restored.metrics.items()}
+            hparams=dict(restored.hparams),
+            metrics={n: dict(m) for n, m in restored.metrics.items()},
+            rules={n: dict(r) for n, r in restored.rules.items()},
         )
         self._folded.interrupted = dict(restored.interrupted)
         self._restore = restore
@@ -151,7 +151,7 @@ class Recorder:
             self._checkpoint()
         except OSError as e:
             self._failed(f"could not write the journal's checkpoint: {e}")
-        os.close(self._fd)
+        self._journal.close()
 
     # -- the I/O thread -----------------------------------------------------------------------------------------
 
@@ -183,12 +183,12 @@ class Recorder:
         for _, response, file in batch:
             if response is None:
                 continue
-            self.mailbox.write_atomic(self.mailbox.outbox / f"{response['id']}.json", protocol.dumps(response))
+            self.mailbox.write_response(response, fsync=False)  # the journal, fsynced, has it already
             self._answered.append((now, response["id"]))
             if file is not None:
                 self._remove(file)
         self.error = None
-        if self._since_checkpoint >= CHECKPOINT_LINES:
+        if self._since_checkpoint >= CHECKPOINT_LINES or self._journal.full:
             self._checkpoint()
         if now - self._last_prune >= PRUNE_SECONDS:
             self.prune(now)
@@ -196,10 +196,7 @@ class Recorder:
     def _append(self, entries: list[dict[str, Any]]) -> None:
         data = b"".join(protocol.dumps(e) + b"\n" for e in entries)
         with self._journal_lock:
-            written = 0
-            while written < len(data):
-                written += os.write(self._fd, data[written:])
-            os.fsync(self._fd)
+            self._journal.append(data)
             for entry in entries:
                 fold(self._folded, entry, restore=self._restore)
             self._since_checkpoint += len(entries)
@@ -208,17 +205,12 @@ class Recorder:
         with self._journal_lock:
             if self._since_checkpoint:
                 self._since_checkpoint = 0
-                os.write(self._fd, protocol.dumps(checkpoint(self._folded)) + b"\n")
-                os.fsync(self._fd)
+                self._journal.append(protocol.dumps(checkpoint(self._folded)) + b"\n", checkpoint=True)
 
     def _remove(self, file: Path) -> None:
         """Take a handled command file out of the inbox; anything that is not a file is moved into tmp/."""
-        try:
-            os.unlink(file)
-        except FileNotFoundError:
-            pass
-        except OSError:  # a directory, or something else unlink refuses: out of the inbox all the same
-            os.rename(file, self.mailbox.tmp / f"quarantine-{time.time_ns()}-{file.name[:80]}")
+        self.mailbox.remove_command(file.name)
+        self.mailbox.unclaim(file.name)  # after the response: a sender that withdraws now finds it answered
         if self.on_removed is not None:
             self.on_removed(file.name)
 
@@ -233,34 +225,12 @@ class Recorder:
         `room`: answers about to be written, which must fit under OUTBOX_MAX with the ones kept."""
         self._last_prune = now
         keep_after = now - OUTBOX_SECONDS
-        if not self._answered:  # at start: what earlier runs left
-            _prune_dir(self.mailbox.outbox, keep_after)
         keep = max(OUTBOX_MAX - room, 0)
         while self._answered and (self._answered[0][0] < keep_after or len(self._answered) > keep):
             _, cid = self._answered.popleft()
-            try:
-                os.unlink(self.mailbox.outbox / f"{cid}.json")
-            except OSError:
-                pass
-        _prune_dir(self.mailbox.tmp, now - TMP_SECONDS)
-
-
-def _prune_dir(directory: Path, before: float) -> None:
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return
-    for entry in entries:
-        try:
-            st = entry.stat(follow_symlinks=False)
-            if st.st_mtime >= before:
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                os.unlink(entry.path)
-        except OSError:
-            continue
+            self.mailbox.remove_response(cid)
+        # at start, also what earlier runs left in the outbox
+        self.mailbox.prune(keep_after if not self._answered else None, now - TMP_SECONDS)
 
 
 __all__ = ["Recorder", "build_response", "journal_line", "render"]

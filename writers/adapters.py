@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from bidviz import compat
+from bidviz.channel import is_url
 from bidviz.writers import summaries
 from bidviz.writers.event_writer import EventWriter
 from bidviz.writers.summaries import HParamValue, encode_png, image_to_uint8_hwc, to_numpy
@@ -54,6 +55,10 @@ def as_writer(obj: Any = None, run_dir: str | os.PathLike[str] | None = None, fl
     if obj is None:
         if run_dir is None:
             raise ValueError("as_writer() needs run_dir when no writer is given")
+        if is_url(run_dir):
+            from bidviz.writers.store import StoreWriter  # a run on an object store: fsspec, only when asked for
+
+            return StoreWriter(run_dir, flush_secs=flush_secs)  # type: ignore[return-value]
         return EventWriter(run_dir, flush_secs=flush_secs)
     if isinstance(obj, EventWriter):
         return _EventWriterAdapter(obj, run_dir=_same_dir(obj.run_dir, run_dir), flush_secs=flush_secs)
