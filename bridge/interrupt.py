@@ -30,96 +30,137 @@ _set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
 _set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
 
 
-class _OverBudget(BaseException):
+class OverBudget(BaseException):
     """What the monitor raises inside a hook past its budget: not an Exception, so the hook's own `except
     Exception` cannot keep it (a loop doing so ran forever), and raised again each budget while the hook still
-    runs. The caller of `HookTimer.call` gets MetricTimeout."""
+    runs. The caller of `HookTimer.call` gets MetricTimeout; a batch's runner catches it around its hooks and asks
+    `HookTimer.taken()` which hook it was meant for."""
 
 
 class HookTimer:
+    """The budget of the hooks run in one thread at a time (the training thread, or the mailroom's for evals).
+
+    A hook is announced with one attribute store, `timer.hook = h`, inside a batch opened by `begin()` and closed by
+    `end()`; the monitor samples (batch, hook) every tick and interrupts a hook it has seen running for a whole
+    budget (measured from the tick it was first seen; `call` gives its own start, exactly). So a batch of N hooks
+    costs N stores and one check at its end, not two lock round trips and clock reads per hook.
+
+    No lock on that path: the monitor sets `firing` before it looks at `hook` and clears it after it fired, under
+    `_lock`; `end()` clears `hook` before it looks at `firing` and `fired`, and takes the lock only when either is
+    set. With the GIL ordering every store, an interrupt is either raised while `hook` was still set, and `end()`
+    sees it and clears it, or never.
+    """
+
     def __init__(self, budget: float) -> None:
         self.budget = budget
-        self._lock = threading.Lock()
-        self._running: tuple[int, float] | None = None  # (thread id, start), set by the training thread
-        self._fired = False
+        self.hook: object = None  # the hook now running in this batch; None between hooks' batches
+        self.batch = 0  # counts batches: a hook run again in the next batch is another run
+        self.firing = False  # the monitor is deciding whether to interrupt
+        self.fired = False  # it did, for `fired_for`, and `end()` or `taken()` has not settled it yet
+        self.fired_for: object = None
+        self._thread_id = 0
+        self._started = (0, 0.0)  # (batch, monotonic start) given by `call`: the exact start of its one hook
         self._fired_at = 0.0
+        self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self, thread_id: int) -> None:
-        """Called by the training thread just before running a hook."""
+    def begin(self) -> int:
+        """Open a batch of hooks in this thread; returns the count of SIGINTs so far, for `is_real_ctrl_c`."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._watch, name="bidviz-hook-timer", daemon=True)
             self._thread.start()
-        with self._lock:
-            if self._fired:  # an interrupt that landed after its hook, outside `finish`: never into this one
-                _set_async_exc(thread_id, ctypes.py_object())
-                self._fired = False
-            self._running = (thread_id, time.monotonic())
+        self._thread_id = get_ident()
+        self.batch += 1
+        return _sigints
 
-    def finish(self) -> bool:
-        """Called by the training thread after its hook; True when the hook was interrupted."""
-        with self._lock:
-            running, self._running = self._running, None
-            fired, self._fired = self._fired, False
-            if fired and running is not None:
-                # The interrupt may still be pending (the hook returned first): clear it.
-                _set_async_exc(running[0], ctypes.py_object())
-        return fired
+    def end(self) -> object:
+        """Close the batch: the hook an interrupt was raised for and not yet settled (its timeout to report), or
+        None. A pending interrupt is cleared, never left to land in the caller's code."""
+        self.hook = None
+        if self.firing or self.fired:
+            return self._settle()
+        return None
+
+    def taken(self) -> object:
+        """Inside a batch, when an interrupt was caught: the hook it was raised for (settled), or None."""
+        hook, self.hook = self.hook, None
+        settled = self._settle()
+        return settled if settled is not None else hook
+
+    def _settle(self) -> object:
+        hook: object = None
+        while True:
+            try:
+                with self._lock:  # waits for a firing monitor to finish
+                    if self.fired:
+                        _set_async_exc(self._thread_id, ctypes.py_object())  # still pending: never delivered
+                        hook, self.fired, self.fired_for = self.fired_for, False, None
+                return hook
+            except OverBudget:  # delivered before the clearing: it did fire, for the hook noted
+                continue
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """`fn(*args)` in this thread under the budget; MetricTimeout if it ran past it (whatever else it raised).
-        A BaseException that is not an Exception comes out as UserCodeExit, except the process's own Ctrl-C."""
-        started = time.monotonic()
-        self.start(threading.get_ident())
+        """`fn(*args)` in this thread under the budget, as a batch of one; MetricTimeout if it ran past it
+        (whatever else it raised). A BaseException that is not an Exception comes out as UserCodeExit, except the
+        process's own Ctrl-C."""
+        started = self.begin()
+        self._started = (self.batch, time.monotonic())
+        self.hook = fn
         try:
             try:
                 value = fn(*args)
+            except OverBudget:
+                raise
             except BaseException as e:
-                if self._finished():
+                if self.end() is not None:
                     raise self._timeout() from None
                 if isinstance(e, Exception) or is_real_ctrl_c(e, started):
                     raise
                 raise as_failure(e) from e
-            if self._finished():
+            if self.end() is not None:
                 raise self._timeout()
-        except _OverBudget:  # delivered after the hook, before `finish` cleared it
-            self._finished()
+        except OverBudget:  # raised in the hook, or delivered after it before `end` cleared it
+            self.taken()
             raise self._timeout() from None
         return value
 
-    def _timeout(self) -> MetricTimeout:
+    def timeout(self) -> MetricTimeout:
         return MetricTimeout(f"ran longer than its {self.budget:g} s budget and was interrupted")
 
-    def _finished(self) -> bool:
-        fired = False
-        while True:
-            try:
-                return self.finish() or fired
-            except _OverBudget:  # delivered between the hook's end and the clearing: it did fire
-                fired = True
+    _timeout = timeout
 
     def _watch(self) -> None:
+        seen: tuple[int, object] = (0, None)
+        since = 0.0
         while not self._closed.wait(min(0.1, self.budget / 4)):
-            running, now = self._running, time.monotonic()
-            if running is None or now - running[1] < self.budget:
+            hook, batch, now = self.hook, self.batch, time.monotonic()
+            if hook is None:
+                continue
+            if seen[0] != batch or seen[1] is not hook:
+                seen = (batch, hook)
+                since = self._started[1] if self._started[0] == batch else now
+            if now - since < self.budget or (self.fired and now - self._fired_at < self.budget):
                 continue
             with self._lock:
-                if self._running is running and (not self._fired or now - self._fired_at >= self.budget):
-                    self._fired, self._fired_at = True, now
-                    _set_async_exc(running[0], ctypes.py_object(_OverBudget))
+                self.firing = True
+                if self.hook is hook and self.batch == batch:
+                    self.fired, self.fired_for, self._fired_at = True, hook, now
+                    _set_async_exc(self._thread_id, ctypes.py_object(OverBudget))
+                self.firing = False
 
     def close(self) -> None:
         self._closed.set()
 
 
-_last_sigint = 0.0  # monotonic time of the last SIGINT, when our marker is installed
+_sigints = 0  # SIGINTs received, when our marker is installed
 _marker_installed = False
+get_ident = threading.get_ident
 
 
 def _marker(signum: int, frame: Any) -> None:
-    global _last_sigint
-    _last_sigint = time.monotonic()
+    global _sigints
+    _sigints += 1
     signal.default_int_handler(signum, frame)
 
 
@@ -134,14 +175,15 @@ def mark_ctrl_c() -> None:
         _marker_installed = True
 
 
-def is_real_ctrl_c(exc: BaseException, started: float) -> bool:
-    """True when `exc` is the process's own Ctrl-C: a KeyboardInterrupt while a SIGINT arrived since `started`
-    (or any KeyboardInterrupt, where the marker could not be installed and the two cannot be told apart, unless
-    SIGINT is ignored, as for a job started in the background with `&` or nohup: then no Ctrl-C can arrive)."""
+def is_real_ctrl_c(exc: BaseException, started: int) -> bool:
+    """True when `exc` is the process's own Ctrl-C: a KeyboardInterrupt while a SIGINT arrived since `started` (the
+    count `HookTimer.begin` returned), or any KeyboardInterrupt where the marker could not be installed and the two
+    cannot be told apart, unless SIGINT is ignored, as for a job started in the background with `&` or nohup: then
+    no Ctrl-C can arrive."""
     if not isinstance(exc, KeyboardInterrupt):
         return False
     if _marker_installed:
-        return _last_sigint >= started
+        return _sigints > started
     return signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
 
 

@@ -179,18 +179,39 @@ class Metric:
     sender: str = ""
     status: str = "running"  # running | paused | disabled
     state: dict[str, Any] = field(default_factory=dict)
-    last_value: Any = None
-    last_step: int | None = None
     error_count: int = 0
     errors_in_row: int = 0
     last_error: dict[str, Any] | None = None
     recent: deque[tuple[int, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_KEPT))
     threads_left: int = 0  # runs in a row after which more threads ran than before
     reduce: str = "rank0"  # on a distributed job: how the ranks' values become the one written
+    # Decided once, not per value: the tag, whether a float value goes straight to add_scalar, and how values of
+    # the last type seen are written (`writer_for`, again only when the type changes).
+    tag: str = field(init=False)
+    floats: bool = field(init=False)
+    _type: type | None = field(default=None, init=False, repr=False)
+    _write: Write | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.tag = f"bidviz/{self.name}"
+        self.floats = self.kind in ("auto", "scalar")
+
+    def emit(self, writer: Any, value: Any, step: int) -> Any:
+        """Write a value (not None) of this metric; what state.json shows of it."""
+        if value.__class__ is not self._type:
+            self._write, self._type = writer_for(self.kind, value), value.__class__
+        return self._write(writer, self.tag, value, step)  # type: ignore[misc]
+
+    @property
+    def last_value(self) -> Any:
+        return self.recent[-1][1] if self.recent else None
+
+    @property
+    def last_step(self) -> int | None:
+        return self.recent[-1][0] if self.recent else None
 
     def record_value(self, step: int, shown: Any) -> None:
         self.errors_in_row = 0
-        self.last_value, self.last_step = shown, step
         self.recent.append((step, shown))
 
     def record_error(self, info: dict[str, Any]) -> bool:
@@ -241,34 +262,75 @@ def emit(writer: Any, tag: str, value: Any, kind: str, step: int) -> Any:
     """Write one metric value as DESIGN.md's table says; return what state.json shows as its last value."""
     if value is None:
         return None
+    return writer_for(kind, value)(writer, tag, value, step)
+
+
+Write = Callable[[Any, str, Any, int], Any]  # (writer, tag, value, step) -> what state.json shows
+
+
+def writer_for(kind: str, value: Any) -> Write:
+    """How a value of `value`'s type is written under `kind`: decided once per type, not per value (a metric keeps
+    the function until its value's type changes). TypeError when the kind cannot take such a value."""
     if kind == "auto":
         kind = _auto_kind(value)
-    if kind == "scalar":
-        x = scalar(value)
-        writer.add_scalar(tag, x, step)
-        return x
-    if kind == "dict":
-        out = {}
-        for k, v in value.items():
-            out[str(k)] = x = scalar(v)
-            writer.add_scalar(f"{tag}/{k}", x, step)
-        return out
-    if kind == "histogram":
-        arr = to_numpy(value)
-        if arr.size == 0 or not _is_numeric(arr):
-            raise TypeError(f"a histogram needs a non-empty numeric tensor/array; got {arr.dtype} of shape {arr.shape}")
-        writer.add_histogram(tag, arr, step)
-        return {"mean": float(arr.mean()), "min": float(arr.min()), "max": float(arr.max()), "n": int(arr.size)}
-    if kind == "text":
-        if not isinstance(value, str):
-            raise TypeError(f"kind 'text' needs a str; got {type(value).__name__}")
-        writer.add_text(tag, value, step)
-        return value[:200]
-    if kind == "image":
-        arr = to_numpy(value)
-        writer.add_image(tag, arr, step, dataformats=_image_format(arr))
-        return {"shape": list(arr.shape)}
-    raise ValueError(f"unknown metric kind {kind!r}")
+        if kind in ("scalar", "histogram") and _is_array(value):
+            return _write_array  # its ndim, not its type, decides between the two
+    write = _WRITERS.get(kind)
+    if write is None:
+        raise ValueError(f"unknown metric kind {kind!r}")
+    return write
+
+
+def _write_scalar(writer: Any, tag: str, value: Any, step: int) -> float:
+    x = scalar(value)
+    writer.add_scalar(tag, x, step)
+    return x
+
+
+def _write_dict(writer: Any, tag: str, value: Any, step: int) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise TypeError(f"a dict metric needs a dict of str to number; got {type(value).__name__}")
+    out = {}
+    for k, v in value.items():
+        out[str(k)] = x = scalar(v)
+        writer.add_scalar(f"{tag}/{k}", x, step)
+    return out
+
+
+def _write_histogram(writer: Any, tag: str, value: Any, step: int) -> dict[str, Any]:
+    arr = to_numpy(value)
+    if arr.size == 0 or not _is_numeric(arr):
+        raise TypeError(f"a histogram needs a non-empty numeric tensor/array; got {arr.dtype} of shape {arr.shape}")
+    writer.add_histogram(tag, arr, step)
+    return {"mean": float(arr.mean()), "min": float(arr.min()), "max": float(arr.max()), "n": int(arr.size)}
+
+
+def _write_array(writer: Any, tag: str, value: Any, step: int) -> Any:
+    if len(value.shape) == 0:
+        return _write_scalar(writer, tag, value, step)
+    return _write_histogram(writer, tag, value, step)
+
+
+def _write_text(writer: Any, tag: str, value: Any, step: int) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"kind 'text' needs a str; got {type(value).__name__}")
+    writer.add_text(tag, value, step)
+    return value[:200]
+
+
+def _write_image(writer: Any, tag: str, value: Any, step: int) -> dict[str, Any]:
+    arr = to_numpy(value)
+    writer.add_image(tag, arr, step, dataformats=_image_format(arr))
+    return {"shape": list(arr.shape)}
+
+
+_WRITERS: dict[str, Write] = {
+    "scalar": _write_scalar,
+    "dict": _write_dict,
+    "histogram": _write_histogram,
+    "text": _write_text,
+    "image": _write_image,
+}
 
 
 def _auto_kind(value: Any) -> str:
@@ -294,7 +356,7 @@ def scalar(value: Any) -> float:
     if _is_array(value):
         if int(math.prod(value.shape)) != 1:
             raise TypeError(f"a scalar needs one value; got a tensor/array of shape {tuple(value.shape)}")
-        value = value.reshape(()).item() if hasattr(value, "reshape") else value.item()
+        value = to_numpy(value).reshape(()).item()  # a TF tensor has neither reshape() nor item()
     if isinstance(value, bool) or isinstance(value, numbers.Real):
         return float(value)
     raise TypeError(f"a scalar must be a number; got {type(value).__name__}: {value!r}")

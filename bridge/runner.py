@@ -13,8 +13,8 @@ from typing import Any
 
 from bidviz.errors import MetricTimeout
 
-from .interrupt import HookTimer
-from .metrics import Metric, emit, failure_info, scalar
+from .interrupt import HookTimer, OverBudget, is_real_ctrl_c
+from .metrics import Metric, failure_info, scalar
 from .ranks import Ranks
 from .registry import Registry
 
@@ -36,22 +36,90 @@ class MetricRunner:
         self.timer = timer
         self._journal = journal
         self._watch = False  # the last step left more threads running: count them per metric
+        self._active: list[Metric] | None = None
+        self._every_step = True  # every running metric runs at every step
+        self._batches = 0
+        self._threads_seen = threading.active_count()  # at the last look
 
     def run(self, step: int, before: Callable[[], Any] | None) -> None:
         """Every running metric due at `step`; `before` runs once first, if any is due.
 
-        Threads are counted once per step; only after a step that left more of them running is each metric
-        watched on its own (two lock round trips each), until a step leaves none."""
+        On one process the metrics due run as one batch of hooks under the timer: per metric, one store to name
+        it, its code, and its value's write. Threads are counted every THREADS_EVERY batches; once more of them run
+        than at the last count, each metric is watched on its own (`timer.call`, threads counted around it) until a
+        step leaves none. On a distributed job every metric goes through `timer.call` (a reduced one talks to the
+        other ranks)."""
+        active = self.registry.active
+        if active is not self._active:  # the registry makes a new list when the set changes
+            self._active, self._every_step = active, all(m.every == 1 for m in active)
+        due = active if self._every_step else [m for m in active if not step % m.every]
+        if not due:
+            return
+        if before is not None:
+            before()
+        if self._watch or self.ranks is not None:
+            self._run_one_by_one(step, due)
+            self._threads_seen = threading.active_count()
+            return
+        self._run_batch(step, due)
+        self._batches += 1
+        if not self._batches & (THREADS_EVERY - 1):  # one look (a lock round trip) every few batches
+            count = threading.active_count()
+            self._watch, self._threads_seen = count > self._threads_seen, count
+
+    def _run_batch(self, step: int, due: list[Metric]) -> None:
+        timer = self.timer
+        writer = self.registry.writer
+        add = writer.add_scalar
+        started = timer.begin()
+        pos, n = 0, len(due)
+        try:
+            while pos < n:
+                try:
+                    while pos < n:
+                        m = due[pos]
+                        pos += 1
+                        timer.hook = m
+                        try:
+                            value = m.fn(m.state)
+                            if value is None:
+                                m.errors_in_row = 0
+                                continue
+                            if value.__class__ is float and m.floats:
+                                add(m.tag, value, step)
+                                shown = value
+                            else:
+                                shown = m.emit(writer, value, step)
+                        except OverBudget:
+                            raise
+                        except BaseException as e:  # noqa: BLE001 - SystemExit from user code included
+                            if is_real_ctrl_c(e, started):
+                                raise
+                            self._failed(m, step, e)
+                            continue
+                        if m.errors_in_row:
+                            m.errors_in_row = 0
+                        m.recent.append((step, shown))
+                except OverBudget:  # in a hook, or in between: for the hook the monitor named
+                    late = timer.taken()
+                    if isinstance(late, Metric):
+                        self._timed_out(late, step)
+        finally:
+            late = timer.end()
+            if isinstance(late, Metric):
+                self._timed_out(late, step)
+            self.registry.wrote = True
+
+    def _timed_out(self, m: Metric, step: int) -> None:
+        e = self.timer.timeout()
+        self._failed(m, step, e, f"metric {m.name!r} {e}")
+
+    def _run_one_by_one(self, step: int, due: list[Metric]) -> None:
         writer = self.registry.writer
         call = self.timer.call
         watch = self._watch
         at_start = _threads() if watch else threading.active_count()
-        for m in self.registry.active:
-            if step % m.every:
-                continue
-            if before is not None:
-                before, prepare = None, before
-                prepare()
+        for m in due:
             if m.reduce != "rank0" and self.ranks is not None:
                 self._run_reduced(m, step, self.ranks)
                 continue
@@ -156,6 +224,7 @@ REDUCE: dict[str, Callable[[list[float]], float]] = {
     "max": max,
     "min": min,
 }
+THREADS_EVERY = 8  # batches between two counts of the threads (a power of two)
 THREAD_STRIKES = 3  # runs in a row that left more threads: one lazily started pool is fine, one a step is not
 
 
@@ -170,7 +239,7 @@ def _value_of(m: Metric, writer: Any, step: int) -> Any:
     value = m.fn(m.state)
     if value is None:
         return _NOTHING
-    return emit(writer, f"bidviz/{m.name}", value, m.kind, step)
+    return m.emit(writer, value, step)
 
 
 __all__ = ["MetricRunner", "ThreadsLeft"]
