@@ -15,17 +15,19 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["Bridge", "BridgeBusyError", "ProtocolError", "__version__"]
+__all__ = ["Bridge", "BridgeBusyError", "ProtocolError", "__version__", "connect"]
 
 _LAZY = {
     "Bridge": "bidviz.bridge",
     "BridgeBusyError": "bidviz.channel",
     "ProtocolError": "bidviz.protocol",
+    "connect": "bidviz.client",
 }
 
 if TYPE_CHECKING:
     from bidviz.bridge import Bridge
     from bidviz.channel import BridgeBusyError
+    from bidviz.client import connect
     from bidviz.protocol import ProtocolError
 
 

@@ -132,6 +132,33 @@ def _values(value: object, what: str) -> dict[str, Any]:
     return {check_name(k, "hyperparameter name"): _value(v, f"value of {k!r}") for k, v in value.items()}
 
 
+def _step(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ProtocolError(f"{what} must be a step, an integer >= 0; received {_short(value)}", type="InvalidArgs")
+    return value
+
+
+def _command_id(value: object, what: str) -> str:
+    if not isinstance(value, str) or re.fullmatch(r"[0-9a-f]{32}", value) is None:
+        raise ProtocolError(
+            f"{what} must be a command id (32 hex digits, as `bidviz journal --json` shows); received {_short(value)}",
+            type="InvalidArgs",
+        )
+    return value
+
+
+def _reason(value: object, what: str) -> str:
+    if not isinstance(value, str) or len(value) > 500:
+        raise ProtocolError(f"{what} must be text of at most 500 characters; received {_short(value)}", type="InvalidArgs")
+    return value
+
+
+def _one_target(args: dict[str, Any]) -> dict[str, Any]:
+    if "to" in args and "before" in args:
+        raise ProtocolError("rewind takes --to STEP or --before COMMAND_ID, not both", type="InvalidArgs")
+    return args
+
+
 ArgCheck = Callable[[object, str], Any]
 
 
@@ -363,10 +390,11 @@ EVAL = Kind(
     admit="compile_terminal",
     apply="run_terminal",
 )
+_REASON = Arg("reason", _reason, None, "why (kept in the journal and shown in state)")
 PAUSE = Kind(
     "pause",
-    (),
-    label="pause",
+    (_REASON,),
+    label="pause: {reason} | pause",
     help="pause training at the next step",
     verb="pause",
     idempotent=True,
@@ -377,12 +405,82 @@ RESUME = Kind(
 )
 STOP = Kind(
     "stop",
-    (),
-    label="stop",
+    (_REASON,),
+    label="stop: {reason} | stop",
     help="stop training (should_stop turns true)",
     verb="stop",
     idempotent=True,
     apply="end_training",
+)
+
+SNAPSHOT = Kind(
+    "snapshot",
+    (_REASON,),
+    label="snapshot: {reason} | snapshot",
+    help="keep a snapshot now (model, optimizers, schedulers, RNG) to rewind to later",
+    verb="snapshot",
+    apply="take_snapshot",
+)
+REWIND = Kind(
+    "rewind",
+    (
+        Arg("to", _step, None, "the newest snapshot taken at or before this step"),
+        Arg("before", _command_id, None, "the snapshot taken right before this command (a change, or a rewind)"),
+        _REASON,
+    ),
+    label="rewind to step {to} | rewind before {before} | rewind",
+    help="restore a snapshot at the next step (the newest one unless --to or --before); itself undoable",
+    verb="rewind",
+    apply="rewind_to_snapshot",  # a resumed run keeps the values it restored: the journal's `rewound` event
+    combine=_one_target,
+)
+_RULE_NAME = Arg("name", lambda v, what: check_name(v, what), help="the rule's name")
+ADD_RULE = Kind(
+    "add_rule",
+    (
+        _RULE_NAME,
+        Arg("code", _code, help="code like a metric's that acts through set(...), pause(), stop(), snapshot(), rewind()"),
+        _EVERY,
+        Arg("cooldown", _every, 100, "after it acts, the rule rests this many steps"),
+        Arg("replace", _flag, False, "replace a rule of the same name"),
+    ),
+    label="add rule {name}: {code}",
+    help="add a live rule: code run every Nth step that may act (set, pause, stop, snapshot, rewind)",
+    verb="rule add",
+    idempotent=True,
+    admit="compile_rule_code",
+    apply="install_rule",  # a name taken (without replace) or unknown is checked here, where the rules live
+    replay="restore_rule",
+)
+REMOVE_RULE = Kind(
+    "remove_rule",
+    (_RULE_NAME,),
+    label="remove rule {name}",
+    help="remove a rule",
+    verb="rule rm",
+    idempotent=True,
+    apply="drop_rule",
+    replay="restore_rule_drop",
+)
+PAUSE_RULE = Kind(
+    "pause_rule",
+    (_RULE_NAME,),
+    label="pause rule {name}",
+    help="pause a rule (it keeps its state)",
+    verb="rule pause",
+    idempotent=True,
+    apply="hold_rule",
+    replay="restore_rule_hold",
+)
+RESUME_RULE = Kind(
+    "resume_rule",
+    (_RULE_NAME,),
+    label="resume rule {name}",
+    help="resume a paused or disabled rule",
+    verb="rule resume",
+    idempotent=True,
+    apply="rerun_rule",
+    replay="restore_rule_rerun",
 )
 
 #: every kind by its wire name, in the order the CLI and the tab list them
@@ -399,6 +497,12 @@ KINDS: dict[str, Kind] = {
         PAUSE,
         RESUME,
         STOP,
+        SNAPSHOT,
+        REWIND,
+        ADD_RULE,
+        REMOVE_RULE,
+        PAUSE_RULE,
+        RESUME_RULE,
     )
 }
 

@@ -20,6 +20,8 @@ from . import effects
 from .hparams import HParam, optimizer_hparams, type_name
 from .metrics import compile_metric
 from .parts import Parts
+from .safetynet import NetOptions
+from .snapshots import DEFAULT_BYTES, DEFAULT_COUNT
 
 
 class Bridge:
@@ -31,6 +33,11 @@ class Bridge:
 
     `step()` with nothing to do costs one increment and one comparison; admission, compiling and disk writes happen
     in the mailroom and recorder threads, and the slow path of `step()` only applies and runs metrics.
+
+    The safety net (`safetynet`): `guard` pauses the run (`"stop"`: stops it; False: off) when the `loss` given to
+    `step()` is NaN or infinite, or above `guard_spike` times its recent median; `snapshots` are taken before every
+    hyperparameter change and on `snapshot`, kept in CPU memory within `snapshot_count` and `snapshot_bytes` (or
+    spilled to `.bidviz/snapshots/` with `snapshot_spill`), and restored by `rewind`.
     """
 
     def __init__(
@@ -47,6 +54,12 @@ class Bridge:
         rank: int | None = None,
         world: int | None = None,
         dist_timeout: float = 300.0,
+        guard: bool | str = True,
+        guard_spike: float | None = None,
+        snapshots: bool = True,
+        snapshot_bytes: int = DEFAULT_BYTES,
+        snapshot_count: int = DEFAULT_COUNT,
+        snapshot_spill: bool = False,
     ) -> None:
         self._calls = 0
         self._next_check = 0
@@ -68,12 +81,14 @@ class Bridge:
             rank=rank,
             world=world,
             dist_timeout=dist_timeout,
+            net=NetOptions(guard, guard_spike, snapshots, snapshot_bytes, snapshot_count, snapshot_spill),
         )  # raises after releasing whatever it took
         self.run_dir, self.mailbox, self.writer = parts.run_dir, parts.mailbox, parts.writer
         self.secret, self.hook_budget, self.flush_secs = parts.secret, hook_budget, flush_secs
         self.namespace: dict[str, Any] = parts.namespace
         self.hparams: Mapping[str, Any] = parts.registry.view
         self._control = parts.control
+        self._see = parts.net.guard.see if parts.net.guard is not None else None  # the divergence guard
         self._finalizer = weakref.finalize(self, parts.shutdown)
 
     # -- the loop ---------------------------------------------------------------------------------------------------
@@ -81,6 +96,8 @@ class Bridge:
     def step(self, step: int | None = None, **context: Any) -> None:
         """Mark a step boundary: apply pending commands and run metrics. Nearly free when there is nothing to do."""
         self._calls += 1
+        if self._see is not None and "loss" in context:
+            self._see(context["loss"], self._calls - 1 if step is None else step)
         if self._calls >= self._next_check:
             self._next_check = self._parts.slow_step(self._calls, step, context, self.prepare)
 
@@ -104,6 +121,11 @@ class Bridge:
     @property
     def steps_per_sec(self) -> float:
         return self._control.steps_per_sec
+
+    @property
+    def resumed_step(self) -> int | None:
+        """On a resumed run, the last step its previous session reached (None on a new run): go on from the next."""
+        return self._parts.resumed_step
 
     @property
     def rank(self) -> int:
@@ -145,6 +167,11 @@ class Bridge:
             self._parts.registry.register(hp, session=False)
             names.append(hp.name)
         self._parts.registry.write_session()
+        safety = self._parts.net.safety
+        if safety is not None:
+            safety.track(optimizer, f"{prefix}optimizer")
+            if scheduler is not None:
+                safety.track(scheduler, f"{prefix}scheduler")
         if not prefix:
             self.namespace["optimizer"] = optimizer
             self.namespace["scheduler"] = scheduler
@@ -169,6 +196,14 @@ class Bridge:
         hp.apply, hp.read = set, get
         self._parts.registry.register(hp)
         return hp.current()
+
+    def track(self, obj: Any, name: str | None = None) -> str:
+        """Keep `obj` (anything with `state_dict`/`load_state_dict`: a module, a GradScaler, an EMA) in every
+        snapshot, so a rewind restores it too; returns the name it is kept under. The namespace's `model` and bound
+        optimizers and schedulers are kept without this."""
+        if self._parts.net.safety is None:
+            raise RuntimeError("this bridge keeps no snapshots (Bridge(snapshots=False)): nothing to track")
+        return self._parts.net.safety.track(obj, name)
 
     def add_metric(self, name: str, code: str, every: int = 1, kind: str = "auto", replace: bool = False) -> None:
         """Add a metric from code, as the `add_metric` command does (raises ProtocolError on bad code)."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bidviz import kinds, protocol
-from bidviz.errors import ProtocolError
+from bidviz.errors import MetricTimeout, ProtocolError
 from bidviz.protocol import Command
 
 from .diagnostics import PACK
@@ -26,8 +26,11 @@ if TYPE_CHECKING:
     from .admission import Admitted
     from .interrupt import HookTimer
     from .ranks import Ranks
+    from .guard import Guard
     from .registry import Control, Registry
     from .replay import Restored
+    from .rules import Rules
+    from .safety import Safety
 
 RESULT_LIMIT = 64_000  # characters of a result's repr, and of its JSON, in a response
 
@@ -40,6 +43,9 @@ class Runtime:
     control: Control
     timer: HookTimer
     ranks: Ranks | None = None  # the ranks of a distributed job, None for one process
+    safety: Safety | None = None  # snapshots and rewinds
+    rules: Rules | None = None
+    guard: Guard | None = None  # the divergence guard (the leader's), re-armed by resume and rewind
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,8 @@ def assign_values(rt: Runtime, item: Admitted) -> Any:
         if hp is None:
             raise unknown_hparam(name, reg.hparams)
         coerced[name] = hp.coerce(value)
+    if rt.safety is not None:  # so that `rewind --before ID` undoes this change
+        _snapshot(rt, f"before {kinds.SET_HPARAM.describe(item.command.args)} (from {item.command.sender})", item)
     done: list[tuple[str, Any]] = []
     results = []
     try:
@@ -282,6 +290,8 @@ def hold_training(rt: Runtime, item: Admitted) -> Any:
 
 def release_training(rt: Runtime, item: Admitted) -> Any:
     rt.control.paused = False
+    if rt.guard is not None:
+        rt.guard.rearm()
     rt.registry.changed = True
     return False
 
@@ -291,6 +301,103 @@ def end_training(rt: Runtime, item: Admitted) -> Any:
     rt.control.paused = False
     rt.registry.changed = True
     return True
+
+
+# -- snapshots and rewind -------------------------------------------------------------------------------------------
+
+
+def _safety(rt: Runtime) -> Safety:
+    if rt.safety is None:
+        raise ProtocolError("this bridge keeps no snapshots (Bridge(snapshots=False))", type="NoSnapshot")
+    return rt.safety
+
+
+def _snapshot(rt: Runtime, reason: str, item: Admitted) -> Any:
+    """A snapshot under the hook budget (a target's state_dict is user code); one that runs past it is noted."""
+    safety = _safety(rt)
+    try:
+        return rt.timer.call(lambda: safety.take(rt.control.step, reason, item.command.id))
+    except MetricTimeout as e:
+        safety.registry.changed = True
+        safety.store.note = f"snapshot at step {rt.control.step} {e}"
+        return None
+
+
+def take_snapshot(rt: Runtime, item: Admitted) -> Any:
+    reason = item.command.args.get("reason") or f"taken by {item.command.sender or 'a command'}"
+    snap = _snapshot(rt, reason, item)
+    if snap is None:
+        raise ProtocolError(_safety(rt).store.note or "the snapshot failed: see the journal", type="SnapshotSkipped")
+    return snap
+
+
+def rewind_to_snapshot(rt: Runtime, item: Admitted) -> Any:
+    safety, cmd = _safety(rt), item.command
+    done = rt.timer.call(
+        lambda: safety.rewind(
+            rt.control.step, to=cmd.args.get("to"), before=cmd.args.get("before"), command=cmd.id, sender=cmd.sender
+        )
+    )
+    if rt.guard is not None:
+        rt.guard.rearm()
+    return done
+
+
+# -- rules -----------------------------------------------------------------------------------------------------------
+
+
+def _rules(rt: Runtime) -> Rules:
+    if rt.rules is None:
+        raise ProtocolError("rules run on the leader (rank 0) only", type="NoRules")
+    return rt.rules
+
+
+def compile_rule_code(rt: Registry, cmd: Command) -> types.CodeType:
+    from .rules import compile_rule
+
+    return compile_rule(cmd.args["name"], cmd.args["code"])
+
+
+def install_rule(rt: Runtime, item: Admitted) -> Any:
+    rules, args = _rules(rt), item.command.args
+    with rules.lock:
+        if args["name"] in rules.rules and not args["replace"]:
+            raise ProtocolError(
+                f"a rule named {args['name']!r} exists; pass replace=true (CLI: --replace) to change it",
+                type="NameTaken",
+            )
+        rules.install(args, item.code, item.command.sender)
+    return {"name": args["name"], "every": args["every"], "cooldown": args["cooldown"]}
+
+
+def drop_rule(rt: Runtime, item: Admitted) -> Any:
+    return _rules(rt).set_status(item.command.args["name"], "removed")
+
+
+def hold_rule(rt: Runtime, item: Admitted) -> Any:
+    return _rules(rt).set_status(item.command.args["name"], "paused")
+
+
+def rerun_rule(rt: Runtime, item: Admitted) -> Any:
+    return _rules(rt).set_status(item.command.args["name"], "running")
+
+
+def restore_rule(state: Restored, args: Mapping[str, Any], sender: str) -> None:
+    state.rules[args["name"]] = {**args, "status": "running", "sender": sender}
+
+
+def restore_rule_drop(state: Restored, args: Mapping[str, Any], sender: str) -> None:
+    state.rules.pop(args["name"], None)
+
+
+def restore_rule_hold(state: Restored, args: Mapping[str, Any], sender: str) -> None:
+    if args["name"] in state.rules:
+        state.rules[args["name"]]["status"] = "paused"
+
+
+def restore_rule_rerun(state: Restored, args: Mapping[str, Any], sender: str) -> None:
+    if args["name"] in state.rules:
+        state.rules[args["name"]]["status"] = "running"
 
 
 # -- the table's names, resolved once ---------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from .recorder import STATE_SECONDS, Recorder, build_response
 from .registry import Control, Registry
 from .replay import Restored, last_checkpoint, read_lines, replay
 from .runner import MetricRunner
+from .safetynet import NetOptions, SafetyNet
 
 HEARTBEAT_SECONDS = 1.0
 CHECK_SECONDS = 0.01
@@ -59,6 +60,7 @@ class Parts:
         rank: int | None = None,
         world: int | None = None,
         dist_timeout: float = 300.0,
+        net: NetOptions = NetOptions(),  # noqa: B008 - frozen
     ) -> None:
         from bidviz.writers import as_writer
 
@@ -103,6 +105,9 @@ class Parts:
             undo.callback(self.recorder.close)
             self.registry.on_restore_failed = self._restore_failed
             self.applier = Applier(self.runtime, self.handoff, self.answer, self.recorder.applying)
+            self.net = SafetyNet(
+                self.runtime, self.handoff, self.timer, self.journal, self.mailbox.root / "snapshots", net, leader=leader
+            )
             self.runner = MetricRunner(self.registry, self.timer, self.journal, self.ranks)
             self.lockstep = (
                 Lockstep(self.ranks, self.handoff, self.applier, self.control, self.registry)
@@ -165,6 +170,8 @@ class Parts:
             self.rate.mark(time.monotonic(), calls)
         if self.registry.active:
             self.runner.run(step, prepare)
+        if self.net.active:
+            self.net.run_rules(step)
         return self._next_check(calls, now)
 
     def _look_at_inbox(self) -> None:
@@ -178,7 +185,7 @@ class Parts:
             self.mailroom.wake()
 
     def _next_check(self, calls: int, now: float) -> int:
-        if self.registry.active or (self.handoff and self.lockstep is None):
+        if self.registry.active or self.net.active or (self.handoff and self.lockstep is None):
             nxt = calls + 1
         else:
             # Calls expected in CHECK_SECONDS at the current pace; the mailroom also pokes when commands arrive or
@@ -224,6 +231,7 @@ class Parts:
                 continue
             self.registry.install(spec, code, spec["sender"], status=spec["status"])
         self.registry.refresh()
+        self.net.restore_rules(restored.rules)
         return restored
 
     # -- the mailroom's tick --------------------------------------------------------------------------------------
@@ -268,6 +276,7 @@ class Parts:
             "hook_budget": self.hook_budget,
             "pending": len(self.handoff),
             **self.registry.describe(),
+            **self.net.describe(),
             "watcher_error": self.mailroom.last_error if getattr(self, "mailroom", None) else None,
             "world": self.ranks.world if self.ranks is not None else 1,
             "rank_error": self.ranks.lost if self.ranks is not None else None,

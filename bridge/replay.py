@@ -27,6 +27,7 @@ class Restored:
     interrupted: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {kind, args, sender, step}
     hparams: dict[str, Any] = field(default_factory=dict)  # name -> last applied value
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> add_metric args, status, sender
+    rules: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> add_rule args, status, sender
     skipped: int = 0  # lines that did not parse or did not fit
 
 
@@ -93,6 +94,7 @@ def checkpoint(state: Restored) -> dict[str, Any]:
         "event": "checkpoint",
         "hparams": state.hparams,
         "metrics": state.metrics,
+        "rules": state.rules,
         "interrupted": state.interrupted,
     }
 
@@ -114,6 +116,8 @@ def _fold(out: Restored, entry: dict[str, Any], wanted: set[str], restore: bool)
         if restore and isinstance(hparams, dict) and isinstance(metrics, dict):
             out.hparams = dict(hparams)
             out.metrics = {n: _metric_spec(m) for n, m in metrics.items()}
+            rules = entry.get("rules")
+            out.rules = {n: _rule_spec(r) for n, r in rules.items()} if isinstance(rules, dict) else {}
         return True
     if event == "applying":
         for c in entry.get("commands") or ():
@@ -127,6 +131,12 @@ def _fold(out: Restored, entry: dict[str, Any], wanted: set[str], restore: bool)
         spec = out.metrics[entry["metric"]]
         spec["status"] = "disabled"
         spec["last_error"] = {**(spec.get("last_error") or {}), "disabled": str(entry.get("reason") or "disabled")}
+        return True
+    if event == "rule_disabled" and entry.get("rule") in out.rules:
+        out.rules[entry["rule"]]["status"] = "disabled"
+        return True
+    if event == "rewound" and restore and isinstance(entry.get("hparams"), dict):
+        out.hparams.update(entry["hparams"])  # what a rewind restored outlives the changes it undid
         return True
     if event != "command" or not isinstance(entry.get("response"), dict):
         return True
@@ -154,4 +164,15 @@ def _metric_spec(spec: Any) -> dict[str, Any]:
         "status": status if status in ("running", "paused", "disabled") else "running",
         "sender": sender if isinstance(sender, str) else "",
         **({"last_error": last_error} if isinstance(last_error, dict) else {}),
+    }
+
+
+def _rule_spec(spec: Any) -> dict[str, Any]:
+    """A rule of a checkpoint line, as strict as an add_rule command."""
+    args = kinds.ADD_RULE.parse_args({k: spec[k] for k in ("name", "code", "every", "cooldown") if k in spec})
+    status, sender = spec.get("status"), spec.get("sender")
+    return {
+        **args,
+        "status": status if status in ("running", "paused", "disabled") else "running",
+        "sender": sender if isinstance(sender, str) else "",
     }
