@@ -20,12 +20,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from bidviz import kinds, protocol
-from bidviz.channel import Mailbox, find_runs
+from bidviz import kinds, protocol, tailing
+from bidviz.channel import Mailbox, find_runs, is_url, mailbox_for
 from bidviz.errors import ChannelError, PublicError
+from bidviz.outcomes import outcome, who
 from bidviz.runs import command_label, status_row
 from bidviz.series import Points, SeriesError, point_dicts, read_series, to_csv
+from bidviz.tb_plugin.downloads import Downloads
 
+DOWNLOADS = Downloads()  # the series read so far, for every ControlPlane of this process
 JOURNAL_LIMIT = 500
 PENDING = "pending"  # the status of `GET response` while the bridge has not answered (HTTP 202)
 REPR_SHOWN = 4000
@@ -55,6 +58,9 @@ class DirectoryRuns:
         return None
 
 
+STORE_CHECK_SECONDS = 60.0
+
+
 def _is_remote(logdir: str) -> bool:
     return "://" in logdir
 
@@ -77,14 +83,35 @@ class ControlPlane:
                 "which directory a run lives in; start it with --logdir DIR to control runs (reading still works)"
             )
         if _is_remote(self.logdir):
-            return (
-                f"the log directory {self.logdir} is remote; BIDViz controls runs through files in a local or "
-                "mounted directory: mount it (e.g. with gcsfuse or sshfs) and point --logdir at the mount, or run "
-                "`bidviz` on the training machine"
-            )
+            return self._store_problem()
         if not os.path.isdir(self.logdir):
             return f"the log directory {self.logdir} does not exist (yet); start training into it"
         return None
+
+    def _store_problem(self) -> str | None:
+        """Why runs on the store at `logdir` cannot be steered from here (no fsspec driver, no write access with
+        this TensorBoard's credentials), or None; found by writing and removing a probe object, once a minute."""
+        now = time.monotonic()
+        cached = getattr(self, "_store_checked", None)
+        if cached is not None and now - cached[0] < STORE_CHECK_SECONDS:
+            return cached[1]
+        problem = None
+        try:
+            from bidviz.remote import filesystem
+
+            fs, base = filesystem(self.logdir)
+            probe = f"{base.rstrip('/')}/.bidviz-write-probe-{os.getpid()}"
+            fs.pipe_file(probe, b"")
+            fs.rm_file(probe)
+        except Exception as e:  # noqa: BLE001 - whatever the store says, the tab shows it and stays read-only
+            problem = (
+                f"the runs in {self.logdir} are read-only here: this TensorBoard cannot write there "
+                f"({type(e).__name__}: {protocol.printable(str(e), 200)}). Give it credentials that can write the "
+                "bucket (AWS_* variables or a profile; AWS_ENDPOINT_URL for another S3 API), install "
+                "'tensorboard-bidviz[remote]', or run `bidviz` where they can"
+            )
+        self._store_checked = (now, problem)
+        return problem
 
     # -- runs --------------------------------------------------------------------------------------------------
 
@@ -94,7 +121,7 @@ class ControlPlane:
         except Exception as e:  # a data provider hiccup must not break the tab
             raise PublicError(503, f"TensorBoard could not list its runs yet ({e}); try again in a moment") from e
 
-    def resolve(self, run: object, *, listed: Iterable[str] | None = None) -> Path:
+    def resolve(self, run: object, *, listed: Iterable[str] | None = None) -> Any:
         """The directory of a listed run, strictly inside the log directory, or a PublicError saying why not."""
         if not isinstance(run, str) or not run:
             raise PublicError(400, "give the run: ?run=NAME, a run name as TensorBoard lists it")
@@ -107,10 +134,13 @@ class ControlPlane:
             raise PublicError(400, f"run {_shown(run)} refused: a run name is valid Unicode text") from None
         if "\x00" in run or os.path.isabs(run) or run.startswith(("/", "\\")) or ".." in Path(run).parts:
             raise PublicError(400, f"run {_shown(run)} refused: a run is a relative name inside the log directory")
-        names = self._listed() if listed is None else list(listed)
-        if run not in names:
+        names = self._listed() if listed is None else listed
+        if run not in names:  # a set when `runs` resolves each of many names: one lookup, not a scan
+            names = sorted(names)
             shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
             raise PublicError(404, f"no run {_shown(run)} in {self.logdir}; runs: {shown or '(none yet)'}")
+        if _is_remote(self.logdir):
+            return self.logdir.rstrip("/") + ("" if run == "." else "/" + run)  # a URL: a run on the store
         root = os.path.realpath(self.logdir)
         path = os.path.realpath(os.path.join(root, run))
         if os.path.commonpath([root, path]) != root:
@@ -118,7 +148,7 @@ class ControlPlane:
         return Path(path)
 
     def _mailbox(self, run: object, *, write: bool = False) -> Mailbox:
-        mailbox = Mailbox(self.resolve(run))
+        mailbox = mailbox_for(self.resolve(run))
         try:
             mailbox.check_root()
         except ChannelError as e:
@@ -129,7 +159,7 @@ class ControlPlane:
                 f"run {_shown(run)} has no bridge: attach one in the training script "
                 "(`from bidviz import Bridge`; `bridge = Bridge(run_dir)`; `bridge.step(step, loss=loss)`)",
             )
-        if write and not os.access(mailbox.inbox, os.W_OK):
+        if write and not is_url(mailbox.run_dir) and not os.access(mailbox.inbox, os.W_OK):
             raise PublicError(
                 403,
                 f"{mailbox.inbox} is not writable by this TensorBoard (uid {os.getuid()}); the log directory may "
@@ -140,13 +170,14 @@ class ControlPlane:
     def runs(self) -> dict[str, Any]:
         problem = self.control_problem()
         names = self._listed()
+        listed = frozenset(names)
         rows = []
         now = time.time()
         for name in names:
             row: dict[str, Any] = {"run": name, "live": "none", "controllable": False}
             if problem is None:
                 try:
-                    mailbox = Mailbox(self.resolve(name, listed=names))
+                    mailbox = mailbox_for(self.resolve(name, listed=listed))
                 except PublicError as e:
                     row["problem"] = e.message
                     rows.append(row)
@@ -160,21 +191,28 @@ class ControlPlane:
 
     def state(self, run: object) -> dict[str, Any]:
         """The run's state.json; a corrupt or unreadable one is a StateError (its message names the file)."""
-        mailbox = self._mailbox(run)
-        state = mailbox.read_state() if mailbox.exists() else None
-        if state is None:
-            return {"run": run, "live": "none", "state": None, "now": time.time()}
-        return {"run": run, "live": mailbox.liveness(state), "state": state, "now": time.time()}
+        return state_reply(run, self._mailbox(run))
 
-    def journal(self, run: object, limit: object = JOURNAL_LIMIT) -> dict[str, Any]:
+    def journal(self, run: object, limit: object = JOURNAL_LIMIT, since: object = None) -> dict[str, Any]:
+        """The last `limit` entries, read from the journal's end, and its `version`; given the `version` of an
+        earlier answer as `since`, only `{"unchanged": true}` while nothing was appended (one stat)."""
         try:
             n = int(limit)  # type: ignore[call-overload]
         except (TypeError, ValueError):
             raise PublicError(400, f"limit must be a whole number; received {_shown(limit)}") from None
         n = max(1, min(n, 10_000))
         mailbox = self._mailbox(run)
-        entries = deque((_slim(e) for e in mailbox.iter_journal()), maxlen=n)
-        return {"run": run, "entries": list(entries)}
+        if is_url(mailbox.run_dir):  # a store's journal is many objects: read them all
+            entries = deque((slim_entry(e) for e in mailbox.iter_journal()), maxlen=n)
+            return {"run": run, "entries": list(entries)}
+        version = f"{tailing.file_version(mailbox.journal_path)}-{n}"
+        if since == version:
+            return {"run": run, "version": version, "unchanged": True}
+        try:
+            entries = [slim_entry(e) for e in tailing.last_entries(mailbox.journal_path, n)]
+        except OSError as e:
+            raise PublicError(500, f"could not read {mailbox.journal_path}: {e.strerror or e}") from None
+        return {"run": run, "version": version, "entries": entries}
 
     def response(self, run: object, command_id: object) -> dict[str, Any]:
         """The response to a command, or `{"status": "pending"}` (answered 202) while the bridge has not applied it;
@@ -213,19 +251,32 @@ class ControlPlane:
         if not isinstance(tag, str) or not tag:
             raise PublicError(400, "give the series: ?tag=NAME (see GET tags?run=)")
         run_dir = self.resolve(run)
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{run}_{tag}").strip("._") or "series"
+        kind = "application/json" if fmt == "json" else "text/csv"
+        if not is_url(run_dir):  # kept between requests: only what was appended is read and encoded
+            try:
+                body = DOWNLOADS.body(run_dir, str(run), tag, str(fmt))
+            except (OSError, ValueError) as e:
+                raise PublicError(500, f"cannot read the event files of {run_dir}: {e}") from None
+            if body is not None:
+                return body, kind, f"{stem}.{fmt}"
         series = self._read_scalars(run_dir)
         if tag not in series:
             shown = ", ".join(sorted(series)[:30])
             raise PublicError(404, f"run {run!r} has no scalar series {tag!r}; it has: {shown or '(none)'}")
         points = series[tag]
-        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{run}_{tag}").strip("._") or "series"
         if fmt == "json":
             body = {"run": run, "tag": tag, "points": point_dicts(points)}
             return protocol.dumps(body), "application/json", f"{stem}.json"
         return to_csv({tag: points}, [tag], tag_column=False).encode(), "text/csv", f"{stem}.csv"
 
     @staticmethod
-    def _read_scalars(run_dir: Path) -> Mapping[str, Points]:
+    def _read_scalars(run_dir: Any) -> Mapping[str, Points]:
+        if not is_url(run_dir):
+            try:
+                return DOWNLOADS.series(run_dir)
+            except (OSError, ValueError) as e:
+                raise PublicError(500, f"cannot read the event files of {run_dir}: {e}") from None
         try:
             series, _ = read_series(run_dir)
         except SeriesError as e:
@@ -307,7 +358,15 @@ def _json_body(body: bytes) -> dict[str, Any]:
     return obj
 
 
-def _slim(entry: dict[str, Any]) -> dict[str, Any]:
+def state_reply(run: object, mailbox: Mailbox) -> dict[str, Any]:
+    """`GET state`'s answer (and the live server's `state` event): the run's state.json and its liveness."""
+    state = mailbox.read_state() if mailbox.exists() else None
+    if state is None:
+        return {"run": run, "live": "none", "state": None, "now": time.time()}
+    return {"run": run, "live": mailbox.liveness(state), "state": state, "now": time.time()}
+
+
+def slim_entry(entry: dict[str, Any]) -> dict[str, Any]:
     """A journal entry for the tab: its label (for a line written before labels, from its kind), the response's
     status and a bounded repr, not its whole result."""
     out = {k: v for k, v in entry.items() if k != "response"}
@@ -319,4 +378,7 @@ def _slim(entry: dict[str, Any]) -> dict[str, Any]:
         if isinstance(text, str) and len(text) > REPR_SHOWN:
             text = text[:REPR_SHOWN] + "..."
         out["repr"] = text
+    if entry.get("event") == "command":
+        out["outcome"] = outcome(entry, resp.get("result") if isinstance(resp, dict) else None)
+        out["who"] = who(entry.get("sender"))
     return out

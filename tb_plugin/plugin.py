@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from importlib import resources
 from typing import Any
 
 from tensorboard import errors
@@ -22,16 +21,16 @@ from tensorboard.data import provider
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from bidviz import protocol
 from bidviz.errors import BIDVizError
 from bidviz.tb_plugin import peer, security
+from bidviz.tb_plugin.assets import STATIC_TYPES, static_files
 from bidviz.tb_plugin.control_token import TOKEN_HEADER
-from bidviz.tb_plugin.core import PENDING, ControlPlane
+from bidviz.tb_plugin.core import ControlPlane
+from bidviz.tb_plugin.routes import OWNER_NAME, ROUTES, Call, Route, check, serve
 
 logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "bidviz"
-STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
 
 class RouteError(errors.PublicError):
@@ -45,16 +44,6 @@ class RouteError(errors.PublicError):
     @classmethod
     def of(cls, error: BIDVizError) -> RouteError:
         return cls(error.http_status, str(error))
-
-
-def static_files() -> dict[str, bytes]:
-    """The tab's assets, read once: only these names are ever served (no path from the request reaches open())."""
-    root = resources.files("bidviz.tb_plugin").joinpath("static")
-    return {
-        entry.name: entry.read_bytes()
-        for entry in root.iterdir()
-        if entry.is_file() and any(entry.name.endswith(ext) for ext in STATIC_TYPES)
-    }
 
 
 def peer_of(environ: dict[str, Any]) -> int | None:
@@ -119,19 +108,9 @@ class BIDVizPlugin(base_plugin.TBPlugin):
     # -- plugin contract -----------------------------------------------------------------------------------------
 
     def get_plugin_apps(self) -> dict[str, Callable[..., Any]]:
-        return {
-            "/static/*": self._serve_static,
-            "/runs": self._route(self._runs),
-            "/state": self._route(lambda core, req: core.state(req.args.get("run"))),
-            "/journal": self._route(lambda core, req: core.journal(req.args.get("run"), req.args.get("limit", 500))),
-            "/csrf": self._route(lambda core, req: {"token": self.guard.token}),
-            "/command": self._route(self._command, method="POST"),
-            "/check": self._route(lambda core, req: core.check(req.get_data()), method="POST"),
-            "/response": self._route(lambda core, req: core.response(req.args.get("run"), req.args.get("id"))),
-            "/kinds": self._route(lambda core, req: core.kinds()),
-            "/tags": self._route(lambda core, req: core.scalar_tags(req.args.get("run"))),
-            "/data": self._data,
-        }
+        apps: dict[str, Callable[..., Any]] = {"/static/*": self._serve_static}
+        apps.update({f"/{route.name}": self._app(route) for route in ROUTES})
+        return apps
 
     def is_active(self) -> bool:
         return True  # the tab explains how to attach a bridge when no run has one
@@ -144,67 +123,42 @@ class BIDVizPlugin(base_plugin.TBPlugin):
     def core(self, environ: dict[str, Any]) -> ControlPlane:
         return ControlPlane(self._context.logdir, DataProviderRuns(self._context.data_provider, environ))
 
-    def _check(self, request: wrappers.Request, method: str, *, owner: bool = True) -> None:
-        if request.method != method:
-            raise RouteError(405, f"use {method} for this route; received {request.method}")
-        try:
-            self.guard.check(
-                security.Request(
-                    method=request.method,
-                    host=request.headers.get("Host", ""),
-                    origin=request.headers.get("Origin"),
-                    sec_fetch_site=request.headers.get("Sec-Fetch-Site"),
-                    content_type=request.headers.get("Content-Type"),
-                    csrf=request.headers.get(security.CSRF_HEADER),
-                    peer_uid=peer_of(request.environ) if owner else None,
-                    control_token=request.headers.get(TOKEN_HEADER),
-                    peer=f"{request.environ.get('REMOTE_ADDR', '?')}:{request.environ.get('REMOTE_PORT', '?')}",
-                ),
-                owner=owner,
-            )
-        except BIDVizError as e:
-            logger.warning("BIDViz refused %s %s: %s", request.method, request.path, e)
-            raise RouteError.of(e) from None
+    def _request(self, request: wrappers.Request, *, owner: bool = True) -> security.Request:
+        """What `security.Guard` checks of a werkzeug request; the peer's uid only where the owner is checked."""
+        return security.Request(
+            method=request.method,
+            host=request.headers.get("Host", ""),
+            origin=request.headers.get("Origin"),
+            sec_fetch_site=request.headers.get("Sec-Fetch-Site"),
+            content_type=request.headers.get("Content-Type"),
+            csrf=request.headers.get(security.CSRF_HEADER),
+            peer_uid=peer_of(request.environ) if owner else None,
+            control_token=request.headers.get(TOKEN_HEADER),
+            peer=f"{request.environ.get('REMOTE_ADDR', '?')}:{request.environ.get('REMOTE_PORT', '?')}",
+        )
 
-    def _route(self, impl: Callable[[ControlPlane, wrappers.Request], Any], method: str = "GET") -> Callable[..., Any]:
+    def _app(self, route: Route) -> Callable[..., Any]:
         @wrappers.Request.application
         def app(request: wrappers.Request) -> wrappers.Response:
-            self._check(request, method)
-            try:
-                body = impl(self.core(request.environ), request)
-            except BIDVizError as e:
-                raise RouteError.of(e) from None
-            pending = isinstance(body, dict) and body.get("status") == PENDING
-            return http_util.Respond(request, protocol.dumps(body), "application/json", code=202 if pending else 200)
+            call = Call(
+                query=request.args,
+                body=request.get_data() if route.method == "POST" else b"",
+                sender=f"tab:{OWNER_NAME}",
+                csrf=self.guard.token,
+            )
+            reply = serve(self.guard, route, lambda: self.core(request.environ), self._request(request), call)
+            return http_util.Respond(
+                request, reply.body, reply.content_type, code=reply.status, headers=list(reply.headers)
+            )
 
         return app
 
-    def _runs(self, core: ControlPlane, request: wrappers.Request) -> dict[str, Any]:
-        return core.runs()
-
-    def _command(self, core: ControlPlane, request: wrappers.Request) -> dict[str, Any]:
-        return core.command(request.get_data(), sender=f"tab:{request.remote_addr or 'unknown'}")
-
-    @wrappers.Request.application
-    def _data(self, request: wrappers.Request) -> wrappers.Response:
-        self._check(request, "GET")
-        try:
-            body, content_type, filename = self.core(request.environ).data(
-                request.args.get("run"), request.args.get("tag"), request.args.get("format", "json")
-            )
-        except BIDVizError as e:
-            raise RouteError.of(e) from None
-        disposition = "attachment" if request.args.get("download") else "inline"
-        return http_util.Respond(
-            request,
-            body,
-            content_type,
-            headers=[("Content-Disposition", f'{disposition}; filename="{filename}"')],
-        )
-
     @wrappers.Request.application
     def _serve_static(self, request: wrappers.Request) -> wrappers.Response:
-        self._check(request, "GET", owner=False)  # the tab's code holds no secret; a stranger's tab says what to do
+        try:  # the tab's code holds no secret, so a stranger's tab can still say what to do
+            check(self.guard, "GET", self._request(request, owner=False), owner=False)
+        except BIDVizError as e:
+            raise RouteError.of(e) from None
         if self._static is None:
             self._static = static_files()
         name = request.path.rsplit("/", 1)[-1]

@@ -24,6 +24,7 @@ from bidviz.cli.metrics import (
 from bidviz.cli.output import say
 from bidviz.cli.runs import cmd_journal, cmd_status
 from bidviz.cli.sending import os_failure
+from bidviz.cli.serve import add_serve_parser
 from bidviz.cli.steering import cmd_control, cmd_diagnostics, cmd_eval, cmd_set
 from bidviz.cli.tablink import DEFAULT_HOST, DEFAULT_PORT, cmd_tab_link
 
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="TensorBoard's full address, instead of --host and --port (behind a proxy: https://box/tb/)",
     )
+    add_serve_parser(sub, _port)
     return parser
 
 

@@ -97,7 +97,7 @@ export function controlToken() {
   }
 }
 
-function withToken(headers = {}) {
+export function withToken(headers = {}) {
   const token = controlToken();
   return token ? {...headers, [TOKEN_HEADER]: token} : headers;
 }
@@ -118,7 +118,7 @@ export function tabLinkCommand() {
   return `bidviz tab-link --url ${loc.origin}${loc.pathname}`;
 }
 
-async function errorOf(resp) {
+export async function errorOf(resp) {
   const text = await resp.text();
   try {
     const body = JSON.parse(text);

@@ -1,13 +1,20 @@
 // The BIDViz tab. TensorBoard loads this module in an iframe and calls render(); it polls its runs and the
-// selected run's state about every second, and also refreshes when TensorBoard says its data reloaded.
+// selected run's state about every second, and also refreshes when TensorBoard says its data reloaded. `bidviz
+// serve` calls render({live: true}): the selected run (and the runs overlaid on its charts) then come as a stream of
+// events (live.js), and a Charts card shows every scalar series of the run. When the server is gone, polling backs
+// off (up to every 30 s) and the page says so once.
 
 import {Api, ApiError, download, getJson, tabLinkCommand} from './api.js';
 import {el, formatAge, formatValue, section} from './dom.js';
 import {HParamsPanel} from './hparams.js';
+import {renderJournal} from './journal.js';
+import {ChartsPanel, RunStream, SeriesStore} from './live.js';
 import {MetricsPanel} from './metrics.js';
 import {TerminalPanel} from './terminal.js';
 
 const POLL_MS = 1000;
+const BACKOFF_MAX_MS = 30000;
+const JOURNAL_SHOWN = 200;
 const RUNS_EVERY = 3; // polls
 const RUN_KEY = 'bidviz.run';
 const DONE = {pause: 'paused', resume: 'resumed', stop: 'stop requested: training ends at its next step'};
@@ -23,8 +30,11 @@ for step, batch in enumerate(loader):
         break`;
 
 class App {
-  constructor(root) {
+  constructor(root, {live = false} = {}) {
     this.root = root;
+    this.liveMode = live;
+    this.failures = 0;
+    this.journal = [];
     this.runs = [];
     this.selected = null;
     this.live = 'none';
@@ -70,13 +80,19 @@ class App {
     this.hparams = new HParamsPanel(this);
     this.metrics = new MetricsPanel(this);
     this.terminal = new TerminalPanel(this);
+    this.restartText = el('div', {class: 'inline-msg', testid: 'restart-help'});
+    if (live) {
+      this.store = new SeriesStore();
+      this.streams = new Map(); // run -> RunStream: the selected run and the runs overlaid
+      this.charts = new ChartsPanel(this);
+    }
     this.build();
   }
 
   build() {
     const header = el(
       'header',
-      {class: 'topbar'},
+      {class: 'topbar', testid: 'run-bar'},
       el('label', {class: 'run-pick'}, 'Run ', this.runSelect),
       this.badge,
       el('span', {class: 'stat'}, 'step ', this.stepText),
@@ -115,7 +131,10 @@ class App {
       el('div', {class: 'col'}, this.hparams.element, journal),
       el('div', {class: 'col'}, this.metrics.element, this.terminal.element, downloads),
     );
-    this.root.replaceChildren(el('div', {class: 'bidviz'}, header, this.stopConfirm, this.banner, this.help, this.main));
+    const charts = this.charts ? this.charts.element : null;
+    if (charts) this.main.prepend(el('div', {class: 'wide'}, charts));
+    const bar = el('div', {class: 'sticky'}, header, this.stopConfirm, this.restartText);
+    this.root.replaceChildren(el('div', {class: `bidviz${this.liveMode ? ' live-mode' : ''}`}, bar, this.banner, this.help, this.main));
   }
 
   run() {
@@ -170,9 +189,76 @@ class App {
     this.selected = run;
     localStorage.setItem(RUN_KEY, run);
     this.state = null;
+    this.journal = [];
     this.journalBody.replaceChildren();
     this.loadTags();
+    if (this.liveMode) {
+      this.charts.reset();
+      this.follow();
+    }
     this.poll(false);
+  }
+
+  // -- live mode: one stream per followed run ---------------------------------------------------------------------
+
+  follow() {
+    const wanted = new Set([this.selected, ...this.charts.comparedRuns()].filter(Boolean));
+    for (const [run, stream] of this.streams) {
+      if (!wanted.has(run)) {
+        stream.close();
+        this.streams.delete(run);
+        this.store.runs.delete(run);
+      }
+    }
+    for (const run of wanted) {
+      if (!this.streams.has(run)) {
+        this.streams.set(run, new RunStream(run, (name, data) => this.onEvent(run, name, data), (e) => this.onStreamTrouble(run, e)));
+      }
+    }
+  }
+
+  followCompared() {
+    this.follow();
+    this.charts.redrawAll();
+  }
+
+  streamedPoints(run, tag) {
+    return this.store ? this.store.points(run, tag) : null;
+  }
+
+  onEvent(run, name, data) {
+    if (name === 'scalars') {
+      const tags = this.store.apply(run, data);
+      this.charts.changed(data.reset ? this.store.tags(run) : tags);
+      if (run === this.selected && this.state) this.metrics.update(this.state, this.live);
+      return;
+    }
+    if (run !== this.selected) return;
+    if (name === 'state') {
+      this.state = data.state;
+      this.live = data.live;
+      this.showView(data);
+    } else if (name === 'journal') {
+      this.journal = (data.reset ? data.entries : this.journal.concat(data.entries)).slice(-JOURNAL_SHOWN);
+      renderJournal(this.journalBody, this.journal);
+    } else if (name === 'tags') {
+      this.loadTags();
+    } else if (name === 'problem') {
+      this.showBanner(data.problem, 'error');
+    }
+  }
+
+  onStreamTrouble(run, error) {
+    if (run !== this.selected) return;
+    if (!error) {
+      if (this.streamLost) this.showBanner('');
+      this.streamLost = false;
+    } else if (error instanceof ApiError && error.notOwner) {
+      this.showNotOwner(error);
+    } else if (!this.streamLost) {
+      this.streamLost = true; // said once; the stream retries with backoff
+      this.showBanner(`The live stream of ${run} was cut (${error.message}); reconnecting…`, 'warn');
+    }
   }
 
   async loadTags() {
@@ -227,10 +313,15 @@ class App {
     this.main.hidden = true;
   }
 
+  // The next poll's delay: every second, doubling up to BACKOFF_MAX_MS while the server cannot be reached.
+  delay() {
+    return Math.min(POLL_MS * 2 ** this.failures, BACKOFF_MAX_MS);
+  }
+
   async poll(schedule = true) {
     if (this.inflight) {
       // A refresh is under way: the regular poll still keeps its rhythm.
-      if (schedule) this.timer = setTimeout(() => this.poll(), POLL_MS);
+      if (schedule) this.timer = setTimeout(() => this.poll(), this.delay());
       return;
     }
     this.inflight = true;
@@ -238,13 +329,32 @@ class App {
       if (!this.kinds) await this.loadKinds();
       if (this.tick % RUNS_EVERY === 0 || !this.runs.length) await this.loadRuns();
       this.tick += 1;
-      await this.loadRun();
+      if (this.liveMode) {
+        this.charts.setRuns(this.runs, this.selected);
+        if (this.selected && !this.streams.has(this.selected)) this.follow();
+        if (!this.selected) this.showView(null);
+      } else {
+        await this.loadRun();
+      }
+      if (this.failures) this.showBanner('');
+      this.failures = 0;
     } catch (e) {
       if (e instanceof ApiError && e.notOwner) this.showNotOwner(e);
-      else this.showBanner(`BIDViz cannot reach its routes: ${e.message}`, 'error');
+      else if (e instanceof ApiError) this.showBanner(`BIDViz cannot reach its routes: ${e.message}`, 'error');
+      else {
+        // No answer at all: the server is gone. Say so once, then retry less and less often.
+        if (!this.failures) {
+          this.showBanner(
+            `The BIDViz server does not answer (${e.message}): it stopped, or the network is down. This page retries ` +
+              `every ${BACKOFF_MAX_MS / 1000} s at most and picks up where it was when the server is back.`,
+            'error',
+          );
+        }
+        this.failures += 1;
+      }
     } finally {
       this.inflight = false;
-      if (schedule) this.timer = setTimeout(() => this.poll(), POLL_MS);
+      if (schedule) this.timer = setTimeout(() => this.poll(), this.delay());
     }
   }
 
@@ -271,7 +381,7 @@ class App {
     this.state = stateData.state;
     this.live = stateData.live;
     this.showView(stateData);
-    this.showJournal(journalData.entries || []);
+    renderJournal(this.journalBody, journalData.entries || []);
   }
 
   showView(data) {
@@ -298,11 +408,11 @@ class App {
     } else if (live === 'stale') {
       this.showBanner(
         `The bridge of this run is stale: no heartbeat for ${formatAge(data.now - state.heartbeat).replace(' ago', '')}. ` +
-          'Training hung, crashed or was killed; commands wait in the inbox until a Bridge starts on this run again.',
+          'Training hung, crashed or was killed.',
         'warn',
       );
     } else if (live === 'ended') {
-      this.showBanner('This run has ended: its training closed the bridge. Commands wait until a Bridge starts on it again.', 'info');
+      this.showBanner('This run has ended: its training closed the bridge.', 'info');
     } else if (state.paused) {
       this.showBanner('Training is paused at a step boundary. Resume to continue.', 'info');
     } else if (state.watcher_error) {
@@ -312,43 +422,25 @@ class App {
     }
     this.help.hidden = Boolean(state) || Boolean(this.problem && this.runs.length) || Boolean(data && data.problem);
     this.main.hidden = !this.selected;
-    const controllable = Boolean(state) && !this.problem;
+    // Only a live bridge can be steered: an ended or stale run shows its last state, read-only.
+    const controllable = Boolean(state) && !this.problem && live === 'live';
     if (controllable !== this.controllable) {
       this.controllable = controllable;
       for (const panel of [this.hparams, this.metrics, this.terminal]) panel.setEnabled(controllable);
       for (const b of [this.pauseButton, this.resumeButton, this.stopButton]) b.disabled = !controllable;
+      if (!controllable) this.confirmStop(false);
     }
+    this.restartText.textContent =
+      state && (live === 'ended' || live === 'stale')
+        ? `Controls are off: the run is ${live}. To steer it again, start its training script again on the same ` +
+          `directory (a Bridge with resume=True keeps its metrics and tuned values); commands sent meanwhile with ` +
+          '`bidviz ... --queue` wait in its inbox.'
+        : '';
     this.pauseButton.hidden = Boolean(state && state.paused);
     this.resumeButton.hidden = !(state && state.paused);
     this.hparams.update(state);
-    this.metrics.update(state);
+    this.metrics.update(state, live);
     if (!controllable) this.hparams.setEnabled(false);
-  }
-
-  showJournal(entries) {
-    const rows = entries
-      .slice()
-      .reverse()
-      .map((e) => {
-        // The label is the kinds table's (the bridge writes it; the journal route adds it to older lines).
-        const what = e.event === 'command' ? e.label || e.kind : `${e.event} ${e.metric || ''}`.trim();
-        const result =
-          e.event === 'command'
-            ? e.status === 'applied'
-              ? e.repr ?? 'ok'
-              : `${e.status}: ${(e.error && e.error.message) || ''}`
-            : (e.error && `${e.error.type}: ${e.error.message}`) || e.reason || '';
-        return el(
-          'tr',
-          {class: e.status && e.status !== 'applied' ? 'failed' : e.event !== 'command' ? 'event' : ''},
-          el('td', {class: 'num', text: e.step ?? '–'}),
-          el('td', {text: e.time ? new Date(e.time * 1000).toLocaleTimeString([], {hour12: false}) : ''}),
-          el('td', {text: e.sender || 'bridge'}),
-          el('td', {class: 'mono', text: what}),
-          el('td', {class: 'mono clip', text: String(result).slice(0, 300), title: String(result).slice(0, 2000)}),
-        );
-      });
-    this.journalBody.replaceChildren(...rows);
   }
 
   async control(kind) {
@@ -406,13 +498,13 @@ function followTheme() {
   new MutationObserver(sync).observe(body, {attributes: true, attributeFilter: ['class']});
 }
 
-export async function render() {
+export async function render(options = {}) {
   const css = el('link', {rel: 'stylesheet', href: new URL('./style.css', import.meta.url).href});
   document.head.append(css);
   const root = el('div', {id: 'bidviz-root'});
   document.body.append(root);
   followTheme();
-  const app = new App(root);
+  const app = new App(root, options);
   listenForReload(() => {
     app.tick = 0;
     app.loadTags();

@@ -1,9 +1,13 @@
-// Metrics: the active metrics with status, sparkline and last error; the add form with a live syntax check;
-// the diagnostics pack; export and import of metric sets (the format of `bidviz metric export`).
+// Metrics: the active metrics with status, a chart of each (its whole series from the event files, then the
+// recent values the bridge reports; a histogram metric as its mean with the min-max range) and the last error; the
+// add form with a live syntax check; the diagnostics pack; export and import of metric sets (the format of
+// `bidviz metric export`).
 
-import {errorText} from './api.js';
-import {chartPng, drawSparkline} from './chart.js';
+import {errorText, getJson} from './api.js';
+import {Chart} from './charts.js';
 import {downloadText, downloadUrl, el, formatValue, section} from './dom.js';
+
+const isSummary = (v) => v !== null && typeof v === 'object' && 'mean' in v;
 
 // Tab indents, Shift+Tab dedents, Enter keeps the line's indentation (and adds one level after a colon).
 export function attachCodeEditing(area) {
@@ -260,7 +264,7 @@ export class MetricsPanel {
           this.app.refreshSoon();
         },
       });
-    const canvas = el('canvas', {class: 'spark', testid: `metric-spark-${name}`});
+    const chart = new Chart({title: `bidviz/${name}`, testid: `metric-chart-${name}`, height: 130});
     const cells = {
       status: el('span', {class: 'badge', testid: `metric-status-${name}`}),
       every: el('span', {class: 'muted'}),
@@ -277,7 +281,10 @@ export class MetricsPanel {
       testid: `metric-png-${name}`,
       text: 'PNG',
       title: 'download this chart as PNG',
-      onclick: () => downloadUrl(chartPng(`bidviz/${name}`, row.points), `${name.replace(/[^\w.-]+/g, '_')}.png`),
+      onclick: () => {
+        const url = chart.png();
+        if (url) downloadUrl(url, `${name.replace(/[^\w.-]+/g, '_')}.png`);
+      },
     });
     const element = el(
       'div',
@@ -288,7 +295,6 @@ export class MetricsPanel {
         el('span', {class: 'name', text: name}),
         cells.status,
         cells.every,
-        canvas,
         cells.value,
         cells.step,
         el('span', {class: 'spacer'}),
@@ -297,16 +303,47 @@ export class MetricsPanel {
         remove,
         png,
       ),
-      cells.code,
+      chart.element,
+      el('details', {class: 'code-box'}, el('summary', {text: 'code'}), cells.code),
       cells.error,
     );
-    row = {element, cells, canvas, pause, resume, points: []};
+    row = {element, cells, chart, pause, resume, history: null, points: []};
+    this.loadHistory(name, row);
     this.rows.set(name, row);
     this.list.append(element);
     return row;
   }
 
-  update(state) {
+  // The metric's whole series so far, read once from the event files (the live server's stream has it already).
+  async loadHistory(name, row) {
+    const run = this.app.run();
+    const tag = `bidviz/${name}`;
+    const streamed = this.app.streamedPoints && this.app.streamedPoints(run, tag);
+    if (streamed) return;
+    try {
+      const data = await getJson('data', {run, tag, format: 'json'});
+      row.history = data.points.map((p) => [p.step, typeof p.value === 'number' ? p.value : null]);
+      this.draw(name, row);
+    } catch (_) {
+      row.history = []; // not written yet, or not a scalar (a histogram): the recent values only
+    }
+  }
+
+  draw(name, row) {
+    const run = this.app.run();
+    const recent = row.points;
+    if (recent.length && isSummary(recent[recent.length - 1][1])) {
+      row.chart.set([{label: name, band: true, points: recent}]);
+      return;
+    }
+    const streamed = this.app.streamedPoints && this.app.streamedPoints(run, `bidviz/${name}`);
+    let points = streamed || row.history || [];
+    const last = points.length ? points[points.length - 1][0] : -Infinity;
+    points = points.concat(recent.filter(([s, v]) => s > last && typeof v === 'number'));
+    row.chart.set([{label: name, points}]);
+  }
+
+  update(state, live = 'live') {
     this.state = state;
     const metrics = (state && state.metrics) || {};
     for (const [name, row] of this.rows) {
@@ -317,17 +354,19 @@ export class MetricsPanel {
     }
     for (const [name, m] of Object.entries(metrics)) {
       const row = this.row(name);
-      const status = m.status || 'running';
+      const ended = live !== 'live';
+      const status = ended && (m.status || 'running') === 'running' ? live : m.status || 'running';
       row.cells.status.textContent = status;
       row.cells.status.className = `badge ${status}`;
       row.cells.every.textContent = `every ${m.every || 1}`;
-      row.cells.value.textContent = formatValue(m.last_value);
+      const v = m.last_value;
+      row.cells.value.textContent = isSummary(v) ? `mean ${formatValue(v.mean)} [${formatValue(v.min)}, ${formatValue(v.max)}]` : formatValue(v);
       row.cells.step.textContent = m.last_step !== null && m.last_step !== undefined ? `@ ${m.last_step}` : '';
       if (row.cells.code.textContent !== m.code) row.cells.code.textContent = m.code || '';
       row.points = m.recent || [];
-      drawSparkline(row.canvas, row.points);
+      this.draw(name, row);
       row.pause.hidden = status !== 'running';
-      row.resume.hidden = status === 'running';
+      row.resume.hidden = status === 'running' || ended;
       const err = m.last_error;
       row.cells.error.hidden = !err;
       if (err) {

@@ -109,7 +109,16 @@ def test_plugin_is_listed_as_an_iframe_tab_and_serves_its_module(tmp_path: Path)
     r = tab.client.get(f"{P}/static/index.js")
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/javascript")
     assert "export async function render" in r.get_data(as_text=True)
-    for name in ("api.js", "chart.js", "dom.js", "hparams.js", "metrics.js", "terminal.js", "style.css"):
+    for name in (
+        "api.js",
+        "charts.js",
+        "journal.js",
+        "live.js",
+        "dom.js",
+        "metrics.js",
+        "uPlot.iife.min.js",
+        "style.css",
+    ):
         assert tab.client.get(f"{P}/static/{name}").status_code == 200, name
     for bad in ("../plugin.py", "..%2fplugin.py", "x/index.js", "core.py", "nope.js"):
         assert tab.client.get(f"{P}/static/{bad}").status_code == 404, bad
