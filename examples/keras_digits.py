@@ -1,4 +1,5 @@
-"""Keras 3 on scikit-learn's handwritten digits, steerable live with BIDViz (any backend: KERAS_BACKEND=torch/jax).
+"""Keras 3 on scikit-learn's handwritten digits, steerable live with BIDViz (any backend: KERAS_BACKEND=torch, jax or
+tensorflow).
 
     KERAS_BACKEND=torch python examples/keras_digits.py --logdir runs     # trains runs/keras (or --steps 0: forever)
     bidviz set runs/keras lr=0.01                                          # from another terminal
@@ -37,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--delay", type=float, default=0.0, help="seconds to sleep per step, so a person can follow")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--schedule", action="store_true", help="decay lr with keras' ExponentialDecay (still settable)")
+    p.add_argument("--steps-per-execution", type=int, default=1, help="train steps per compiled call (Keras' setting)")
     p.add_argument("--quiet", action="store_true", help="do not print the commands to try")
     return p.parse_args(argv)
 
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         optimizer=keras.optimizers.SGD(learning_rate=lr, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        steps_per_execution=args.steps_per_execution,
     )
     run_dir = os.path.join(args.logdir, args.run)
 

@@ -1,8 +1,10 @@
 """Keras 3 (any backend): `model.fit(..., callbacks=[BIDVizCallback("runs/exp1")])`.
 
 Bound from `model.optimizer` when fitting starts: `lr` and the optimizer's other float settings (`momentum`,
-`beta_1`, `beta_2`, `epsilon`, `weight_decay`, ... as Keras names them). Steps at every `on_train_batch_end`; a
-`stop` sets `model.stop_training`, so Keras ends the fit its own way (`on_epoch_end`, `on_train_end`, the History).
+`beta_1`, `beta_2`, `epsilon`, `weight_decay`, ... as Keras names them). Steps at every `on_train_batch_end`, with
+the optimizer's own iteration count as the step (with `steps_per_execution=4` Keras calls it once per 4 iterations,
+so counting calls would read and scale a schedule at the wrong iteration); a `stop` sets `model.stop_training`, so
+Keras ends the fit its own way (`on_epoch_end`, `on_train_end`, the History).
 
 A learning-rate *schedule* (`keras.optimizers.schedules.*`) is not ignored: the schedule is wrapped in
 `ScaledSchedule`, which multiplies it by a factor (1.0 at first). `lr` reads the schedule's current value; setting
@@ -12,8 +14,9 @@ so the tuned rate stays in effect (it serializes as `bidviz>ScaledSchedule`).
 
 On the JAX backend the training state lives outside the model during an epoch: the bridge copies it back
 (`model.jax_state_sync()`) before it applies a command or runs a metric, so changes and metric code see live
-values. Settings that are Python numbers inside the compiled step (`momentum`, `beta_1`, a schedule's factor...)
-take effect by rebuilding the train function: one recompilation per change; `lr` as a variable needs none.
+values. On JAX and TensorFlow, settings that are Python numbers inside the compiled step (`momentum`, `beta_1`, a
+schedule's factor...) take effect by rebuilding the train function: one recompilation (a retrace on TensorFlow) per
+change; `lr` as a variable needs none.
 """
 
 from __future__ import annotations
@@ -68,11 +71,12 @@ class BIDVizCallback(keras.callbacks.Callback):  # type: ignore[misc]
         writer: a writer to write through (see `Bridge(writer=)`); by default the bridge makes its own.
         namespace: extra names for metric code and `eval`.
         hparams: your own tunable values, `{"dropout": 0.1}` or `{"dropout": {"value": 0.1, "on_change": f}}`
-            (on JAX, each change also rebuilds the compiled train step, so a layer setting changed by `f` counts).
+            (on JAX and TensorFlow, each change also rebuilds the compiled train step, so a layer setting changed by
+            `f` counts).
         **bridge_kwargs: passed to `Bridge` (`secret`, `resume`, `poll_interval`, `hook_budget`, `flush_secs`).
 
     Metric code sees `model`, `optimizer`, `logs` (this batch's), `loss`, `batch` (its index in the epoch), `epoch`,
-    `keras` and `ops` (`keras.ops`). Steps count optimizer iterations from where the fit started.
+    `keras` and `ops` (`keras.ops`). The step is the optimizer's iteration count (`optimizer.iterations`).
     """
 
     def __init__(
@@ -92,9 +96,11 @@ class BIDVizCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self.bridge_kwargs = bridge_kwargs
         self.bridge: Bridge | None = None
         self._fit_model: Any = None  # as Keras gave it: reading `self.model` on JAX syncs the training state
-        self._step = 0
+        self._step = 0  # the optimizer's iteration count at the last step boundary
         self._epoch = 0
+        self._epoch_start = 0  # the iteration count when this epoch began
         self._jax = keras.backend.backend() == "jax"
+        self._compiled = keras.backend.backend() in ("jax", "tensorflow")  # Python numbers are baked into the step
 
     # -- Keras hooks ----------------------------------------------------------------------------------
 
@@ -107,7 +113,7 @@ class BIDVizCallback(keras.callbacks.Callback):  # type: ignore[misc]
         """Start the bridge and bind the optimizer."""
         model = self.model  # syncs the JAX state, once
         optimizer = model.optimizer
-        self._step = int(keras.ops.convert_to_numpy(optimizer.iterations))
+        self._step = self._epoch_start = _count(optimizer.iterations)
         ns = {"model": model, "optimizer": optimizer, "keras": keras, "ops": keras.ops, **self.namespace}
         self.bridge = bridge = Bridge(self.logdir, writer=self.writer, namespace=ns, **self.bridge_kwargs)
         if self._jax:
@@ -123,13 +129,15 @@ class BIDVizCallback(keras.callbacks.Callback):  # type: ignore[misc]
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         self._epoch = epoch
+        if self._variables_live():  # on JAX too: Keras copies the training state back at the end of each epoch
+            self._epoch_start = self._step = _count(self._fit_model.optimizer.iterations)
 
     def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
         """A step boundary: apply commands, run metrics; a `stop` sets `model.stop_training`."""
         bridge = self.bridge
         if bridge is None:
             return
-        self._step += 1
+        self._step = self._iterations(batch)
         loss = logs.get("loss") if logs else None
         bridge.step(self._step, logs=logs, loss=loss, batch=batch, epoch=self._epoch)
         if bridge.should_stop:
@@ -196,6 +204,13 @@ class BIDVizCallback(keras.callbacks.Callback):  # type: ignore[misc]
 
             bridge.bind_hparam("lr", lambda: _host(optimizer.learning_rate), refuse, type="float", min=0.0)
 
+    def _iterations(self, batch: int) -> int:
+        """The optimizer's iteration count after this batch. Keras calls `on_train_batch_end` once per
+        `steps_per_execution` iterations, with the index of the last one."""
+        if self._variables_live():
+            return _count(self._fit_model.optimizer.iterations)
+        return self._epoch_start + batch + 1  # JAX during an epoch: the counter is held outside the model
+
     def _variables_live(self) -> bool:
         """False while the JAX trainer holds the training state outside the model's (then empty) variables."""
         return not self._jax or compat.keras_jax_state_synced(self._fit_model)
@@ -208,9 +223,9 @@ class BIDVizCallback(keras.callbacks.Callback):  # type: ignore[misc]
         return set
 
     def _retrace(self) -> None:
-        """A Python number changed inside the compiled JAX train step: rebuild it (one recompilation)."""
+        """A Python number changed inside the compiled train step (JAX, TensorFlow): rebuild it (one recompilation)."""
         model = self._fit_model
-        if self._jax and getattr(model, "train_function", None) is not None:
+        if self._compiled and getattr(model, "train_function", None) is not None:
             model.make_train_function(force=True)
 
 
@@ -220,3 +235,7 @@ def _attr_getter(optimizer: Any, key: str) -> Callable[[], Any]:
 
 def _host(value: Any) -> float:
     return float(keras.ops.convert_to_numpy(value))
+
+
+def _count(value: Any) -> int:
+    return int(keras.ops.convert_to_numpy(value))

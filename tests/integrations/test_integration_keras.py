@@ -1,5 +1,5 @@
-"""Keras 3: examples/keras_digits.py trains in a subprocess with BIDVizCallback (torch backend with an LR schedule,
-JAX backend with a plain learning rate); the CLI drives it."""
+"""Keras 3: examples/keras_digits.py trains in a subprocess with BIDVizCallback (torch and TensorFlow backends with an
+LR schedule, JAX backend with a plain learning rate); the CLI drives it."""
 
 from __future__ import annotations
 
@@ -25,12 +25,14 @@ STEPS_PER_EPOCH = 24  # 1500 samples in batches of 64
 BACKENDS = [
     pytest.param("torch", marks=pytest.mark.skipif(not importlib.util.find_spec("torch"), reason="no torch")),
     pytest.param("jax", marks=pytest.mark.skipif(not importlib.util.find_spec("jax"), reason="no jax")),
+    pytest.param("tensorflow", marks=pytest.mark.skipif(not importlib.util.find_spec("tensorflow"), reason="no TF")),
 ]
+COMPILED = BACKENDS[1:]  # backends whose train step is compiled, where steps_per_execution runs several per call
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_keras_callback_end_to_end(start_training, backend: str) -> None:  # type: ignore[no-untyped-def]
-    schedule = backend == "torch"  # the schedule path on torch, the variable path (and state sync) on JAX
+    schedule = backend != "jax"  # the schedule path on torch and TF, the variable path (and state sync) on JAX
     args = ["--steps", "0", "--delay", "0.02", "--quiet"] + (["--schedule"] if schedule else [])
     training = start_training("keras_digits.py", f"keras_{backend}", *args, env={"KERAS_BACKEND": backend})
     run = training.run_dir
@@ -78,3 +80,22 @@ def test_keras_callback_end_to_end(start_training, backend: str) -> None:  # typ
     assert series["hparams/lr"][-1][2] == pytest.approx(0.5)
     norms = [v for _, _, v in series["bidviz/kernel_norm"]]
     assert len(set(norms)) > 1, norms  # the weights it sees are live, not a stale copy
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_keras_steps_per_execution_steers_the_schedule_at_the_optimizers_iteration(  # type: ignore[no-untyped-def]
+    start_training, backend: str
+) -> None:
+    """steps_per_execution=4: Keras calls the callback once per 4 iterations; the step is the optimizer's own count,
+    so a set lr scales the schedule at the iteration it is applied (counting calls set it about 4x too early)."""
+    args = ["--steps", "0", "--delay", "0.02", "--quiet", "--schedule", "--steps-per-execution", "4"]
+    training = start_training("keras_digits.py", f"spe_{backend}", *args, env={"KERAS_BACKEND": backend})
+    run = training.run_dir
+    training.wait_state(lambda s: (s.get("step") or 0) >= 60, "60 iterations")
+    response = set_hparam(run, "lr", 0.001)
+    assert response["step"] % 4 == 0, response  # a boundary between two executions of 4 steps
+    step, it, lr = eval_value(run, "step, int(optimizer.iterations), float(optimizer.learning_rate)")
+    assert step == it and it % 4 == 0, (step, it)
+    assert 0 <= it - response["step"] <= 200, (it, response["step"])
+    assert lr == pytest.approx(0.001 * DECAY ** (it - response["step"]), rel=1e-4), (it, response["step"], lr)
+    stop(training)
