@@ -39,6 +39,7 @@ def status_row(mailbox: Mailbox, *, now: float | None = None) -> dict[str, Any]:
         "paused": None,
         "pid": None,
         "host": None,
+        "guard": None,
     }
     try:
         mailbox.check_root()
@@ -60,8 +61,28 @@ def status_row(mailbox: Mailbox, *, now: float | None = None) -> dict[str, Any]:
         paused=paused if isinstance(paused, bool) else None,
         pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
         host=host if isinstance(host, str) else None,
+        guard=guard_trip(state),
     )
     return row
+
+
+def guard_trip(state: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The divergence guard's trip that holds the run (reason, step, and the last snapshot's id, step and the command
+    it was taken before, to rewind with), or None. Each value is of its type or None, whatever state.json holds."""
+    guard = state.get("guard")
+    tripped = guard.get("tripped") if isinstance(guard, Mapping) else None
+    if not isinstance(tripped, Mapping) or tripped.get("active") is not True:
+        return None
+    snap = tripped.get("snapshot") if isinstance(tripped.get("snapshot"), Mapping) else {}
+    text = lambda v: v if isinstance(v, str) else None  # noqa: E731
+    return {
+        "reason": text(tripped.get("reason")) or "a non-finite loss",
+        "step": _number(tripped.get("step")),
+        "snapshot": text(snap.get("id")),
+        "snapshot_step": _number(snap.get("step")),
+        "before": text(snap.get("command")),
+    }
+
 
 
 def command_label(entry: Mapping[str, Any]) -> str:

@@ -23,6 +23,7 @@ from bidviz.cli.metrics import (
 )
 from bidviz.cli.output import say
 from bidviz.cli.runs import cmd_journal, cmd_status
+from bidviz.cli.safety import add_parsers as add_safety_parsers
 from bidviz.cli.sending import os_failure
 from bidviz.cli.serve import add_serve_parser
 from bidviz.cli.steering import cmd_control, cmd_diagnostics, cmd_eval, cmd_set
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     set_.add_argument("assignments", metavar="NAME=VALUE", nargs="+", help="e.g. lr=0.01 betas=[0.9,0.99]")
 
     _add_metric_parsers(sub, send)
+    add_safety_parsers(sub, send, _add_verb, _positive)
 
     diagnostics = kinds.ADD_DIAGNOSTICS
     diag = _add_verb(sub, diagnostics.verb, diagnostics.help, cmd_diagnostics, parents=[send])

@@ -48,11 +48,26 @@ def cmd_status(opts: argparse.Namespace) -> int:
     for r in rows:
         if r.get("problem"):
             say(f"{clean(r['run'], multiline=False)}: {r['problem']}", err=True)
+        if r.get("guard"):
+            say(guard_line(r["path"], r["guard"]))
     return EXIT_OK
+
+
+def guard_line(run: str, trip: Mapping[str, Any]) -> str:
+    """What the divergence guard did to a run, and the command that rewinds it to its last snapshot."""
+    line = f"{run}: held by the divergence guard at step {number(trip['step'])}: {trip['reason']}"
+    if trip.get("before"):
+        line += (
+            f"; the last snapshot is {trip['snapshot']} (step {number(trip['snapshot_step'])}): "
+            f"`bidviz rewind {run} --before {trip['before']}`, set a better value, then `bidviz resume {run}`"
+        )
+    return line
 
 
 def _journal_what(entry: Mapping[str, Any]) -> str:
     event = str(entry.get("event", "?"))
+    if event != "command" and isinstance(entry.get("label"), str):
+        return short(entry["label"], 200)  # what the bridge said of it: a guard trip, a rewind, a rule that fired
     if event == "command":
         outcome = f" -> {entry.get('status', '?')}"
         if entry.get("status") not in (None, "applied") and entry.get("error"):

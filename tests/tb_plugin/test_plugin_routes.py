@@ -355,6 +355,7 @@ def test_a_run_without_a_bridge_is_listed_read_only(tmp_path: Path) -> None:
             "paused": None,
             "pid": None,
             "host": None,
+            "guard": None,
         }
     ]
     status, state = tab.get("/state?run=plain")
