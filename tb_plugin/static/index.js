@@ -222,6 +222,10 @@ class App {
     this.charts.redrawAll();
   }
 
+  hasTag(tag) {
+    return [...this.tagSelect.options].some((o) => o.value === tag);
+  }
+
   streamedPoints(run, tag) {
     return this.store ? this.store.points(run, tag) : null;
   }
@@ -327,7 +331,10 @@ class App {
     this.inflight = true;
     try {
       if (!this.kinds) await this.loadKinds();
-      if (this.tick % RUNS_EVERY === 0 || !this.runs.length) await this.loadRuns();
+      if (this.tick % RUNS_EVERY === 0 || !this.runs.length) {
+        await this.loadRuns();
+        if (!this.liveMode && this.tick) this.loadTags(); // new series: the download list, the metrics' histories
+      }
       this.tick += 1;
       if (this.liveMode) {
         this.charts.setRuns(this.runs, this.selected);

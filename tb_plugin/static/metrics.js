@@ -307,25 +307,25 @@ export class MetricsPanel {
       el('details', {class: 'code-box'}, el('summary', {text: 'code'}), cells.code),
       cells.error,
     );
-    row = {element, cells, chart, pause, resume, history: null, points: []};
-    this.loadHistory(name, row);
+    row = {element, cells, chart, pause, resume, history: null, loading: false, points: []};
     this.rows.set(name, row);
     this.list.append(element);
     return row;
   }
 
-  // The metric's whole series so far, read once from the event files (the live server's stream has it already).
+  // The metric's whole series so far, read once from the event files as soon as the run lists its tag (asking
+  // before would only earn a 404); the live server's stream has it already.
   async loadHistory(name, row) {
     const run = this.app.run();
     const tag = `bidviz/${name}`;
-    const streamed = this.app.streamedPoints && this.app.streamedPoints(run, tag);
-    if (streamed) return;
+    if (row.loading || row.history !== null || !this.app.hasTag(tag)) return;
+    row.loading = true;
     try {
       const data = await getJson('data', {run, tag, format: 'json'});
       row.history = data.points.map((p) => [p.step, typeof p.value === 'number' ? p.value : null]);
       this.draw(name, row);
     } catch (_) {
-      row.history = []; // not written yet, or not a scalar (a histogram): the recent values only
+      row.history = []; // not a scalar (a histogram): the recent values only
     }
   }
 
@@ -337,6 +337,7 @@ export class MetricsPanel {
       return;
     }
     const streamed = this.app.streamedPoints && this.app.streamedPoints(run, `bidviz/${name}`);
+    if (!streamed) this.loadHistory(name, row);
     let points = streamed || row.history || [];
     const last = points.length ? points[points.length - 1][0] : -Infinity;
     points = points.concat(recent.filter(([s, v]) => s > last && typeof v === 'number'));

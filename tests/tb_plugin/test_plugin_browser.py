@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from tab_support import clean_env, non_loopback_address, wait_for
 
+from bidviz.tb_plugin.routes import login_name
 from bidviz.writers import read_scalars
 
 CHROMIUM = os.environ.get("BIDVIZ_CHROMIUM", "/usr/bin/chromium")
@@ -80,6 +81,8 @@ def test_steer_a_live_run_from_the_tab(tmp_path: Path, start_training: Any, star
     run_dir = logdir / "exp"
     training = start_training(run_dir)
     tb = start_tensorboard(logdir)
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type == "error" else None)
     ui = tab(page, tb.url)
 
     expect(ui.get_by_test_id("run-select")).to_have_value("exp")
@@ -95,7 +98,7 @@ def test_steer_a_live_run_from_the_tab(tmp_path: Path, start_training: Any, star
     ui.get_by_test_id("hparam-apply-dropout").click()
     expect(ui.get_by_test_id("hparam-error-dropout")).to_contain_text("0.9")
 
-    # Metrics: a syntax error shows at once with its line; a good metric's value appears and its sparkline fills.
+    # Metrics: a syntax error shows at once with its line; a good metric's value appears and its chart fills.
     ui.get_by_test_id("metric-code").fill("w = model.weight\nif w\n    pass")
     expect(ui.get_by_test_id("metric-code-error")).to_contain_text("line 2")
     ui.get_by_test_id("metric-name").fill("bias")
@@ -107,7 +110,8 @@ def test_steer_a_live_run_from_the_tab(tmp_path: Path, start_training: Any, star
     expect(row).to_be_visible()
     expect(ui.get_by_test_id("metric-status-bias")).to_have_text("running")
     expect(ui.get_by_test_id("metric-value-bias")).to_have_text(re.compile(r"^-?\d"))
-    expect(ui.get_by_test_id("metric-spark-bias")).to_have_attribute("data-points", re.compile(r"^([3-9]|\d\d+)$"))
+    expect(ui.get_by_test_id("metric-chart-bias")).to_have_attribute("data-points", re.compile(r"^([3-9]|\d\d+)$"))
+    expect(ui.get_by_test_id("metric-chart-bias").locator("canvas")).to_be_visible()  # uPlot's, with axes
     shown = float(ui.get_by_test_id("metric-value-bias").inner_text())
     written = wait_for(lambda: read_scalars(run_dir).get("bidviz/bias"), "bidviz/bias in the event files", 30)
     assert all(step % 2 == 0 for step, _, _ in written)
@@ -143,7 +147,8 @@ def test_steer_a_live_run_from_the_tab(tmp_path: Path, start_training: Any, star
     journal = ui.get_by_test_id("journal")
     expect(journal.locator("tbody tr").first).to_contain_text("eval 1 / 0")
     expect(journal).to_contain_text("set lr=0.033")
-    expect(journal).to_contain_text("tab:127.0.0.1")
+    expect(journal).to_contain_text("lr 0.1 → 0.033")  # the outcome as people read it, not a dict's repr
+    expect(journal).to_contain_text(f"{login_name()} (tab)")  # the user's login name, not an address or a uid
 
     # Pause and resume: training stops stepping, then goes on.
     ui.get_by_test_id("pause").click()
@@ -170,6 +175,13 @@ def test_steer_a_live_run_from_the_tab(tmp_path: Path, start_training: Any, star
     assert training.proc.wait(30) == 0
     assert "DONE" in training.output()
     expect(ui.get_by_test_id("run-status")).to_have_text(re.compile("ended|stale"))
+    # An ended run shows so everywhere: controls off, a line saying how to start it again, metrics not "running".
+    expect(ui.get_by_test_id("pause")).to_be_disabled()
+    expect(ui.get_by_test_id("stop")).to_be_disabled()
+    expect(ui.get_by_test_id("restart-help")).to_contain_text("start its training script again")
+    expect(ui.get_by_test_id("metric-status-bias")).to_have_text(re.compile("ended|stale"))
+    # Pending answers are 202s, not 404s: a whole session of commands logged no error in the console.
+    assert not console, console
 
 
 def test_runs_without_a_bridge_are_read_only_with_help(tmp_path: Path, start_tensorboard: Any, page: Any) -> None:
