@@ -88,7 +88,9 @@ class Bridge:
         self.namespace: dict[str, Any] = parts.namespace
         self.hparams: Mapping[str, Any] = parts.registry.view
         self._control = parts.control
-        self._see = parts.net.guard.see if parts.net.guard is not None else None  # the divergence guard
+        guard = parts.net.guard  # the divergence guard (the leader's): a finite float loss is checked in step()
+        self._guarded, self._spiky = guard is not None, guard is not None and guard.spike is not None
+        self._see = guard.see if guard is not None else None
         self._finalizer = weakref.finalize(self, parts.shutdown)
 
     # -- the loop ---------------------------------------------------------------------------------------------------
@@ -96,8 +98,11 @@ class Bridge:
     def step(self, step: int | None = None, **context: Any) -> None:
         """Mark a step boundary: apply pending commands and run metrics. Nearly free when there is nothing to do."""
         self._calls += 1
-        if self._see is not None and "loss" in context:
-            self._see(context["loss"], self._calls - 1 if step is None else step)
+        if self._guarded:
+            loss = context.get("loss", 0.0)
+            # x - x is 0.0 (false) for every finite float and NaN (true) for NaN and both infinities
+            if loss.__class__ is not float or loss - loss or self._spiky:
+                self._see(loss, self._calls - 1 if step is None else step)  # type: ignore[misc]
         if self._calls >= self._next_check:
             self._next_check = self._parts.slow_step(self._calls, step, context, self.prepare)
 

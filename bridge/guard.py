@@ -19,6 +19,7 @@ cause and, on a distributed job, reaches every rank at the same sync point. The 
 from __future__ import annotations
 
 import math
+import numbers
 import statistics
 import sys
 from collections import deque
@@ -57,24 +58,29 @@ class Guard:
     # -- the per-step path ----------------------------------------------------------------------------------------
 
     def see(self, loss: Any, step: int) -> None:
-        """Check one step's loss (called by `Bridge.step` for every step given a `loss`)."""
-        if type(loss) is float or type(loss) is int:
+        """Check one step's loss (`Bridge.step` checks a finite float itself and calls this for anything else)."""
+        if loss.__class__ is float:
             value = loss
-        elif getattr(loss, "is_cuda", False):
-            self._device(loss, step)
-            return
-        elif getattr(loss, "is_cpu", False):
+        else:
             try:
-                value = loss.item()
-            except (RuntimeError, ValueError):  # more than one element: not a loss this guard can read
+                if loss.is_cpu:
+                    value = loss.item()
+                elif loss.is_cuda:
+                    self._device(loss, step)
+                    return
+                else:
+                    self._unreadable(loss)
+                    return
+            except AttributeError:  # not a tensor: an int, a numpy scalar
+                if isinstance(loss, bool) or not isinstance(loss, numbers.Real):
+                    self._unreadable(loss)
+                    return
+                value = float(loss)
+            except (RuntimeError, ValueError):  # item() of a tensor of more than one element
                 self._unreadable(loss)
                 return
-        elif isinstance(loss, (float, int)) and not isinstance(loss, bool):  # numpy scalars and other numbers
-            value = float(loss)
-        else:
-            self._unreadable(loss)
-            return
-        self.check("loss", step, value)
+        if value - value or self.spike is not None:  # x - x is 0.0 for every finite x, NaN otherwise
+            self.check("loss", step, value)
 
     def check(self, what: str, step: int, value: float) -> None:
         """One value of `what` seen at `step`."""
