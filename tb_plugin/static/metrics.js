@@ -281,7 +281,8 @@ export class MetricsPanel {
       testid: `metric-png-${name}`,
       text: 'PNG',
       title: 'download this chart as PNG',
-      onclick: () => {
+      onclick: async () => {
+        if (!chart.plot) await chart.draw(); // uPlot still loading: draw first, then export
         const url = chart.png();
         if (url) downloadUrl(url, `${name.replace(/[^\w.-]+/g, '_')}.png`);
       },
