@@ -93,7 +93,7 @@ async def browse(url: str, seconds: float) -> list[dict[str, float]]:
     ]
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=args)
-        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        page = await browser.new_page(viewport={"width": 1280, "height": 900}, bypass_csp=True)  # for wait_for_function
         await page.goto(url)
         await page.wait_for_function(f"window.bidvizLatest && window.bidvizLatest[{TAG!r}]", timeout=30000)
         await page.evaluate("window.bidvizDrawn.length = 0")
