@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import hot_paths_cases as cases  # noqa: E402
 
-SECTIONS = ("metrics", "journal", "runs", "data", "resume", "reader")
+SECTIONS = ("metrics", "journal", "runs", "data", "resume")
 
 
 def run_old(python: str, section: str, quick: bool, base: str | None) -> dict[str, Any]:
