@@ -10,6 +10,7 @@ import {HParamsPanel} from './hparams.js';
 import {renderJournal} from './journal.js';
 import {ChartsPanel, RunStream, SeriesStore} from './live.js';
 import {MetricsPanel} from './metrics.js';
+import {RulesPanel} from './rules.js';
 import {TerminalPanel} from './terminal.js';
 
 const POLL_MS = 1000;
@@ -79,6 +80,8 @@ class App {
 
     this.hparams = new HParamsPanel(this);
     this.metrics = new MetricsPanel(this);
+    this.rules = new RulesPanel(this);
+    this.undoActions = (e) => this.undoButton(e);
     this.terminal = new TerminalPanel(this);
     this.restartText = el('div', {class: 'inline-msg', testid: 'restart-help'});
     if (live) {
@@ -114,7 +117,7 @@ class App {
         el(
           'table',
           {class: 'grid', testid: 'journal'},
-          el('thead', {}, el('tr', {}, ['Step', 'When', 'Who', 'What', 'Result'].map((h) => el('th', {text: h})))),
+          el('thead', {}, el('tr', {}, ['Step', 'When', 'Who', 'What', 'Result', ''].map((h) => el('th', {text: h})))),
           this.journalBody,
         ),
       ),
@@ -128,7 +131,7 @@ class App {
     this.main = el(
       'div',
       {class: 'columns', testid: 'run-view'},
-      el('div', {class: 'col'}, this.hparams.element, journal),
+      el('div', {class: 'col'}, this.hparams.element, journal, this.rules.element),
       el('div', {class: 'col'}, this.metrics.element, this.terminal.element, downloads),
     );
     const charts = this.charts ? this.charts.element : null;
@@ -159,6 +162,7 @@ class App {
   async loadKinds() {
     this.kinds = await getJson('kinds');
     this.metrics.setKinds(this.kinds);
+    this.rules.setKinds(this.kinds);
   }
 
   async loadRuns() {
@@ -191,6 +195,7 @@ class App {
     this.state = null;
     this.journal = [];
     this.journalBody.replaceChildren();
+    this.journalVersion = null; // the next poll reads the journal in full
     this.loadTags();
     if (this.liveMode) {
       this.charts.reset();
@@ -244,7 +249,7 @@ class App {
       this.showView(data);
     } else if (name === 'journal') {
       this.journal = (data.reset ? data.entries : this.journal.concat(data.entries)).slice(-JOURNAL_SHOWN);
-      renderJournal(this.journalBody, this.journal);
+      renderJournal(this.journalBody, this.journal, this.undoActions);
     } else if (name === 'tags') {
       this.loadTags();
     } else if (name === 'problem') {
@@ -372,9 +377,11 @@ class App {
     }
     const run = this.selected;
     let stateData;
+    // The journal's version from the last answer: while nothing was appended the server answers {unchanged}.
+    const since = this.journalRun === run ? this.journalVersion : null;
     const [stateResult, journalData] = await Promise.all([
       getJson('state', {run}).catch((e) => e),
-      getJson('journal', {run, limit: 200}).catch(() => ({entries: []})),
+      getJson('journal', since ? {run, limit: 200, since} : {run, limit: 200}).catch(() => ({entries: []})),
     ]);
     if (run !== this.selected) return;
     if (stateResult instanceof ApiError && stateResult.status === 409) {
@@ -388,7 +395,10 @@ class App {
     this.state = stateData.state;
     this.live = stateData.live;
     this.showView(stateData);
-    renderJournal(this.journalBody, journalData.entries || []);
+    if (journalData.unchanged) return;
+    this.journalRun = run;
+    this.journalVersion = journalData.version || null;
+    renderJournal(this.journalBody, journalData.entries || [], this.undoActions);
   }
 
   showView(data) {
@@ -420,6 +430,14 @@ class App {
       );
     } else if (live === 'ended') {
       this.showBanner('This run has ended: its training closed the bridge.', 'info');
+    } else if (state.paused && state.guard && state.guard.tripped && state.guard.tripped.active) {
+      const trip = state.guard.tripped;
+      const snap = trip.snapshot ? ` The last snapshot is ${trip.snapshot.id}, from step ${trip.snapshot.step} (${trip.snapshot.reason}).` : '';
+      this.showBanner(
+        `Paused by the divergence guard at step ${trip.step}: ${trip.reason}.${snap} Click undo beside the change in ` +
+          'the journal to rewind, set a better value, then Resume.',
+        'warn',
+      );
     } else if (state.paused) {
       this.showBanner('Training is paused at a step boundary. Resume to continue.', 'info');
     } else if (state.watcher_error) {
@@ -433,7 +451,7 @@ class App {
     const controllable = Boolean(state) && !this.problem && live === 'live';
     if (controllable !== this.controllable) {
       this.controllable = controllable;
-      for (const panel of [this.hparams, this.metrics, this.terminal]) panel.setEnabled(controllable);
+      for (const panel of [this.hparams, this.metrics, this.terminal, this.rules]) panel.setEnabled(controllable);
       for (const b of [this.pauseButton, this.resumeButton, this.stopButton]) b.disabled = !controllable;
       if (!controllable) this.confirmStop(false);
     }
@@ -447,7 +465,38 @@ class App {
     this.resumeButton.hidden = !(state && state.paused);
     this.hparams.update(state);
     this.metrics.update(state, live);
+    this.rules.update(state);
     if (!controllable) this.hparams.setEnabled(false);
+  }
+
+  // "undo" beside a journaled change that has a snapshot from right before it: a rewind to that snapshot (itself
+  // journaled with an undo of its own). Snapshots are bounded: an old change whose snapshot was dropped has none.
+  undoButton(e) {
+    const kept = (this.state && this.state.snapshots && this.state.snapshots.kept) || [];
+    if (e.event !== 'command' || e.status !== 'applied' || !kept.some((s) => s.command === e.id)) return null;
+    return el('button', {
+      class: 'secondary',
+      testid: `undo-${e.id}`,
+      text: 'undo',
+      title: 'rewind to the snapshot taken right before this (model, optimizer, values, RNG)',
+      disabled: !this.controllable,
+      onclick: () => this.undo(e),
+    });
+  }
+
+  async undo(e) {
+    this.controlMsg.className = 'inline-msg';
+    this.controlMsg.textContent = `rewinding to before ${e.label || e.kind}…`;
+    try {
+      const resp = await this.send('rewind', {before: e.id});
+      const ok = resp.status === 'applied';
+      this.controlMsg.className = ok ? 'inline-msg' : 'inline-msg error';
+      this.controlMsg.textContent = ok ? resp.result.note : `rewind ${resp.status}: ${resp.error && resp.error.message}`;
+    } catch (err) {
+      this.controlMsg.className = 'inline-msg error';
+      this.controlMsg.textContent = err.message;
+    }
+    this.refreshSoon();
   }
 
   async control(kind) {
