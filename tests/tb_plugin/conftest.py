@@ -44,17 +44,23 @@ def start_training(procs: list[Proc], tmp_path: Path) -> Callable[..., Proc]:
     return start
 
 
+# `import tensorflow` fails (None in sys.modules), so TensorBoard falls back to its stub, as without TF installed.
+NO_TF_TENSORBOARD = "import sys; sys.modules['tensorflow'] = None; from tensorboard.main import run_main; run_main()"
+
+
 @pytest.fixture
 def start_tensorboard(procs: list[Proc], tmp_path: Path) -> Callable[..., TensorBoard]:
     """Start the stock `tensorboard` on 127.0.0.1 and a free port; returns once it answers."""
 
-    def start(logdir: Path | None, *extra: str, host: str = "127.0.0.1") -> TensorBoard:
-        """`logdir=None` leaves --logdir out (give --logdir_spec in `extra`); `host` is the address to bind."""
+    def start(logdir: Path | None, *extra: str, host: str = "127.0.0.1", tensorflow: bool = False) -> TensorBoard:
+        """`logdir=None` leaves --logdir out (give --logdir_spec in `extra`); `host` is the address to bind.
+        TensorBoard imports TensorFlow when it is installed (it is, for the TF tests), which makes each start about
+        10 s slower; it runs on its own TF stub unless `tensorflow=True` (the TF tests use the real one)."""
         where = ["--logdir", str(logdir)] if logdir is not None else []
+        launch = ["-m", "tensorboard.main"] if tensorflow else ["-c", NO_TF_TENSORBOARD]
         cmd = [
             sys.executable,
-            "-m",
-            "tensorboard.main",
+            *launch,
             *where,
             "--host",
             host,
