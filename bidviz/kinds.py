@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ProtocolError
+from .rule_examples import EXAMPLES
 
 METRIC_KINDS = ("auto", "scalar", "histogram", "image", "text")
 #: how a metric's values of the ranks of a distributed job become one: rank 0's, reduced, or one series per rank
@@ -569,4 +570,5 @@ def public_table() -> dict[str, Any]:
         "kinds": [k.public() for k in KINDS.values()],
         "metric_kinds": list(METRIC_KINDS),
         "metric_set": {"key": METRIC_SET_FORMAT, "version": METRIC_SET_VERSION, "fields": list(METRIC_SET_FIELDS)},
+        "rule_examples": dict(EXAMPLES),
     }

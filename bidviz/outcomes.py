@@ -21,6 +21,7 @@ def _plain(value: Any) -> bool:
 
 _DONE = {"pause": "paused", "resume": "resumed", "stop": "stop requested"}
 _METRIC_DONE = {"remove_metric": "removed", "pause_metric": "paused", "resume_metric": "resumed"}
+_METRIC_DONE.update(remove_rule="removed", pause_rule="paused", resume_rule="resumed")  # by name, as for metrics
 
 
 def outcome(entry: Mapping[str, Any], result: Any = None) -> str:
@@ -38,6 +39,12 @@ def outcome(entry: Mapping[str, Any], result: Any = None) -> str:
             return ", ".join(f"{c['name']} {_shown(c.get('old'), 20)} → {_shown(c.get('value'), 20)}" for c in changes)
         if kind == "add_metric" and isinstance(result, Mapping) and result.get("tag"):
             return f"series {result['tag']}"
+        if kind == "rewind" and isinstance(result, Mapping) and isinstance(result.get("note"), str):
+            return result["note"]
+        if kind == "snapshot" and isinstance(result, Mapping):
+            return f"snapshot {result['id']} of step {result['step']}"
+        if kind == "add_rule" and isinstance(result, Mapping):
+            return f"rule {result['name']}, every {result['every']}, rests {result['cooldown']} steps after acting"
         if kind == "add_diagnostics" and isinstance(result, list):
             return f"{len(result)} metrics: {_shown(', '.join(map(str, result)), 80)}"
     except (TypeError, KeyError, AttributeError):  # a hand-edited or hostile line: shown as it is below

@@ -8,7 +8,8 @@ export function journalText(e) {
   if (e.event === 'command') {
     return {what: e.label || e.kind, result: e.outcome ?? (e.status === 'applied' ? e.repr ?? 'ok' : e.status)};
   }
-  const what = `${e.event.replace(/_/g, ' ')} ${e.metric || ''}`.trim();
+  // A guard trip, a rewind, a rule that acted: the bridge's own label says what happened.
+  const what = e.label || `${e.event.replace(/_/g, ' ')} ${e.metric || e.rule || ''}`.trim();
   return {what, result: (e.error && `${e.error.type}: ${e.error.message}`) || e.reason || ''};
 }
 
