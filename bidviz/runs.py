@@ -5,15 +5,16 @@ and the label of a journal entry. Depends only on `bidviz.channel`, `bidviz.kind
 from __future__ import annotations
 
 import math
+import socket
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from bidviz import kinds
-from bidviz.channel import Mailbox, heartbeat
+from bidviz.channel import Mailbox, heartbeat, pid_alive
 from bidviz.errors import ChannelError, ProtocolError
 
-__all__ = ["UNREADABLE", "command_label", "status_row"]
+__all__ = ["UNREADABLE", "bridge_process_alive", "command_label", "ended", "status_row"]
 
 #: the `live` value of a run whose mailbox or state.json cannot be read (its row's `problem` says why)
 UNREADABLE = "unreadable"
@@ -83,6 +84,22 @@ def guard_trip(state: Mapping[str, Any]) -> dict[str, Any] | None:
         "before": text(snap.get("command")),
     }
 
+
+def bridge_process_alive(row: Mapping[str, Any]) -> bool:
+    """False only when a status row's bridge ran on this host and its process is gone (killed or crashed)."""
+    return row.get("host") != socket.gethostname() or pid_alive(row.get("pid"))
+
+
+def ended(mailbox: Mailbox) -> str | None:
+    """Why no bridge will claim a command sent to this run now (training closed it, or its process is gone), or
+    None while one may: a client refuses to send then, unless asked to queue it for a bridge that resumes the run."""
+    row = status_row(mailbox)
+    ago = f"{row['heartbeat_age']:.0f}s" if row["heartbeat_age"] is not None else "?"
+    if row["live"] == "ended":
+        return f"its bridge has ended: training closed it {ago} ago"
+    if row["live"] == "stale" and not bridge_process_alive(row):
+        return f"its bridge is gone: pid {row['pid']} on this host no longer runs (last heartbeat {ago} ago)"
+    return None
 
 
 def command_label(entry: Mapping[str, Any]) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from bidviz import protocol
 from bidviz.errors import BIDVizError
 
-__all__ = ["Points", "SeriesError", "point_dicts", "read_series", "to_csv"]
+__all__ = ["Points", "SeriesError", "latest_session", "point_dicts", "read_series", "to_csv"]
 
 #: one series: (step, wall_time, value) per point
 Points = Sequence[tuple[int, float, float]]
@@ -44,6 +44,17 @@ def read_series(path: str | os.PathLike[str]) -> tuple[Mapping[str, Points], lis
     except (OSError, ValueError) as e:
         raise SeriesError(f"cannot read the event files of {path}: {e}") from None
     return series, [str(w.message) for w in caught]
+
+
+def latest_session(points: Points) -> tuple[Points, int]:
+    """The points a series' latest session wrote, and how many earlier ones it leaves out. Points come in the order
+    they were written; a step lower than the one before is a loop that restarted its step count (a run resumed
+    from step 0), whose new points would otherwise mix with the old ones at the same steps."""
+    start = 0
+    for i in range(1, len(points)):
+        if points[i][0] < points[i - 1][0]:
+            start = i
+    return points[start:], start
 
 
 def point_dicts(points: Points) -> list[dict[str, Any]]:

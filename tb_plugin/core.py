@@ -24,7 +24,7 @@ from bidviz import kinds, protocol, tailing
 from bidviz.channel import Mailbox, find_runs, is_url, mailbox_for
 from bidviz.errors import ChannelError, PublicError
 from bidviz.outcomes import outcome, who
-from bidviz.runs import command_label, status_row
+from bidviz.runs import command_label, ended, status_row
 from bidviz.series import Points, SeriesError, point_dicts, read_series, to_csv
 from bidviz.tb_plugin.downloads import Downloads
 
@@ -288,17 +288,28 @@ class ControlPlane:
     def command(self, body: bytes, *, sender: str) -> dict[str, Any]:
         """POST command: body {"run", "kind", "args"}; drops one command in the run's inbox, returns {"id"}."""
         request = _json_body(body)
-        unknown = sorted(set(request) - {"run", "kind", "args"})
+        unknown = sorted(set(request) - {"run", "kind", "args", "expires_in"})
         if unknown:
             raise PublicError(
-                400, f"a command takes run, kind and args; unknown {protocol.printable(', '.join(unknown))}"
+                400,
+                f"a command takes run, kind, args and expires_in; unknown {protocol.printable(', '.join(unknown))}",
             )
         mailbox = self._mailbox(request.get("run"), write=True)
         kind = request.get("kind")
         if not isinstance(kind, str):
             raise PublicError(400, f"kind must be one of {', '.join(protocol.KINDS)}; received {_shown(kind)}")
+        expires_in = _expires_in(request)
+        why = ended(mailbox) if "expires_in" not in request else None  # an explicit expiry queues on purpose
+        if why is not None:
+            raise PublicError(
+                409,
+                f"nothing was sent: {why}, so no bridge would apply the command. Start training again, or send it "
+                'with "expires_in" (seconds, or null for never) to leave it for a bridge that resumes this run',
+            )
         try:
-            command = protocol.make_command(kind, request.get("args") or {}, sender=sender, secret=self.secret)
+            command = protocol.make_command(
+                kind, request.get("args") or {}, sender=sender, secret=self.secret, expires_in=expires_in
+            )
             command_id = mailbox.send(command)
         except protocol.ProtocolError as e:
             raise PublicError(413 if e.type == "TooLarge" else 400, str(e)) from None
@@ -331,6 +342,20 @@ class ControlPlane:
         if not code.strip():
             return {"ok": False, "error": "the code is empty", "line": None, "column": None}
         return {"ok": True}
+
+
+COMMAND_EXPIRES = 120.0  # seconds a command sent over HTTP waits to be claimed: the tab waits that long for it
+
+
+def _expires_in(request: dict[str, Any]) -> float | None:
+    """`expires_in` of a POST command: seconds (> 0) after which an unclaimed command is answered Expired and never
+    applied; null for never; COMMAND_EXPIRES when absent."""
+    value = request.get("expires_in", COMMAND_EXPIRES)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+        raise PublicError(400, f"expires_in must be a number of seconds > 0, or null; received {_shown(value)}")
+    return float(value)
 
 
 def _shown(value: object, limit: int = 80) -> str:

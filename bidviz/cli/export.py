@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bidviz.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError
 from bidviz.cli.output import say, short
-from bidviz.series import Points, SeriesError, point_dicts, read_series, to_csv
+from bidviz.series import Points, SeriesError, latest_session, point_dicts, read_series, to_csv
 
 
 def _select_tags(series: Mapping[str, Points], patterns: Sequence[str] | None, run: str) -> list[str]:
@@ -29,6 +29,25 @@ def _select_tags(series: Mapping[str, Points], patterns: Sequence[str] | None, r
             raise CliError(f"no scalar series {pattern!r} in {run}; it has: {short(', '.join(tags), 600)}", EXIT_FAILED)
         chosen += [t for t in matched if t not in chosen]
     return chosen
+
+
+def _latest_sessions(series: Mapping[str, Points], tags: Sequence[str]) -> dict[str, Points]:
+    """Each tag's latest session only, saying what was left out (the steps restarted: the run was resumed)."""
+    kept: dict[str, Points] = dict(series)
+    dropped: dict[str, int] = {}
+    for tag in tags:
+        kept[tag], left_out = latest_session(series[tag])
+        if left_out:
+            dropped[tag] = left_out
+    if dropped:
+        total = sum(dropped.values())
+        say(
+            f"warning: the step count restarted in {len(dropped)} series (a run resumed at step 0), so only each "
+            f"one's latest session is exported: {total} earlier point(s) left out (e.g. {next(iter(dropped))}); "
+            "--all-sessions exports every point",
+            err=True,
+        )
+    return kept
 
 
 def _render(series: Mapping[str, Points], tags: Sequence[str], fmt: str) -> str:
@@ -48,6 +67,8 @@ def cmd_export(opts: argparse.Namespace) -> int:
     for warning in warnings:  # a record cut short: a live or killed writer; what came before it is exported
         say(f"warning: {warning}", err=True)
     tags = _select_tags(series, opts.tag, opts.run)
+    if not opts.all_sessions:
+        series = _latest_sessions(series, tags)
     text = _render(series, tags, opts.format)
     if opts.output in (None, "-"):
         sys.stdout.write(text)

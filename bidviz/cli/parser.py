@@ -55,6 +55,20 @@ def _checked(parse: Callable[[str], N], ok: Callable[[N], bool], expected: str, 
 _seconds = _checked(
     float, lambda v: 0 <= v < math.inf, "expected a number of seconds", "expected a finite number of seconds >= 0"
 )
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_duration(text: str) -> float:
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    return float(number) * _UNITS[unit]
+
+
+_duration = _checked(
+    _parse_duration,
+    lambda v: 0 < v < math.inf,
+    "expected a duration: seconds, or a number with s, m, h or d (90s, 30m, 1h)",
+    "expected a finite duration > 0",
+)
 _positive = _checked(int, lambda v: v >= 1, "expected an integer >= 1", "expected an integer >= 1")
 _port = _checked(int, lambda v: 1 <= v <= 65535, "expected a port number", "expected a port number from 1 to 65535")
 
@@ -70,6 +84,19 @@ def _sending_options() -> argparse.ArgumentParser:
         help=f"how long to wait for the bridge's response (default {DEFAULT_WAIT:g}); exit 3 when none comes",
     )
     wait.add_argument("--no-wait", action="store_true", help="print the command id and return at once")
+    queue = parent.add_mutually_exclusive_group()
+    queue.add_argument(
+        "--queue",
+        action="store_true",
+        help="never expire: leave the command for a bridge that resumes this run (by default a command expires "
+        "when the sender stops waiting, after --wait, and is then never applied)",
+    )
+    queue.add_argument(
+        "--expires",
+        type=_duration,
+        metavar="DURATION",
+        help="expire after DURATION (90s, 30m, 1h, 2d) instead of --wait; queued until then, even for an ended run",
+    )
     parent.add_argument("--json", action="store_true", help="print the response as JSON")
     return parent
 
@@ -154,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bidviz",
         description="Steer a training run that uses a BIDViz Bridge: hyperparameters, metrics, eval, pause/stop. "
-        "Exit status: 0 applied, 1 rejected or failed, 2 usage, 3 no response (no live bridge).",
+        "Exit status: 0 applied, 1 rejected or failed (or the run has ended), 2 usage (or a path that is not a run), "
+        "3 no response in time from a bridge that looked live.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
@@ -198,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--tag", action="append", metavar="T", help="a tag or shell pattern (repeatable)")
     export.add_argument("--format", choices=("csv", "json"), default="csv")
     export.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    export.add_argument(
+        "--all-sessions",
+        action="store_true",
+        help="every point, even those of earlier sessions of a resumed run whose step count restarted (by default "
+        "only each series' latest session is exported)",
+    )
 
     what = "print the link that opens the BIDViz tab with your control token (needed where TensorBoard cannot tell "
     what += "who you are: another host, a proxy)"

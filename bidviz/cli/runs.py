@@ -9,16 +9,16 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from bidviz.channel import find_runs
+from bidviz.channel import find_runs, is_url
 from bidviz.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError
 from bidviz.cli.output import age, clean, error_line, number, print_json, say, short, table
-from bidviz.cli.reading import open_mailbox
+from bidviz.cli.reading import run_mailbox
 from bidviz.errors import StateError
 from bidviz.runs import command_label, status_row
 
 
 def cmd_status(opts: argparse.Namespace) -> int:
-    if not Path(opts.logdir).is_dir():
+    if not is_url(opts.logdir) and not Path(opts.logdir).is_dir():
         raise CliError(f"{opts.logdir} is not a directory; give the log directory that holds the runs", EXIT_USAGE)
     rows = []
     for name, mailbox in find_runs(opts.logdir):
@@ -88,7 +88,7 @@ def _journal_time(entry: Mapping[str, Any]) -> str:
 
 
 def cmd_journal(opts: argparse.Namespace) -> int:
-    mailbox = open_mailbox(opts.run)
+    mailbox = run_mailbox(opts.run)
     entries: Iterable[dict[str, Any]] = mailbox.iter_journal()
     try:
         if opts.tail is not None:

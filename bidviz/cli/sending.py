@@ -8,23 +8,26 @@ from __future__ import annotations
 import argparse
 import errno
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from bidviz import protocol
 from bidviz.channel import Mailbox
 from bidviz.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NO_RESPONSE, EXIT_OK, EXIT_USAGE, CliError
 from bidviz.cli.output import age, print_error, print_json, say
-from bidviz.cli.reading import checked_mailbox
+from bidviz.cli.reading import run_mailbox
 from bidviz.cli.types import Args, Response, Show
 from bidviz.errors import ChannelError, StateError
 from bidviz.runs import UNREADABLE, status_row
+from bidviz.runs import ended as ended_reason
 
 
 def _sender() -> str:
     return f"cli:{protocol.default_sender()}"
 
 
-def _make_commands(requests: Sequence[tuple[str, Args]], labels: Sequence[str] | None) -> list[protocol.Command]:
+def _make_commands(
+    requests: Sequence[tuple[str, Args]], labels: Sequence[str] | None, expires_in: float | None
+) -> list[protocol.Command]:
     """Build (and sign) every command before sending any, so one bad argument sends nothing."""
     secret = protocol.env_secret()
     sender = _sender()
@@ -35,7 +38,7 @@ def _make_commands(requests: Sequence[tuple[str, Args]], labels: Sequence[str] |
         while int(time.time() * 1000) <= last_ms:
             time.sleep(0.0005)
         try:
-            command = protocol.make_command(kind, args, sender=sender, secret=secret)
+            command = protocol.make_command(kind, args, sender=sender, secret=secret, expires_in=expires_in)
         except protocol.ProtocolError as e:
             where = f"{labels[i]}: " if labels else ""
             raise CliError(f"{where}{e}", EXIT_USAGE) from None
@@ -72,6 +75,9 @@ def _deliver(mailbox: Mailbox, commands: Sequence[protocol.Command]) -> None:
             raise CliError(os_failure(mailbox.inbox, e), EXIT_USAGE) from None
 
 
+CLAIMED_GRACE = 1.0  # seconds a sender still waits for a command the bridge took just before it gave up
+
+
 def _wait_all(mailbox: Mailbox, commands: Sequence[protocol.Command], wait: float) -> list[Response | None]:
     deadline = time.monotonic() + wait
     try:
@@ -100,16 +106,69 @@ def _why_no_response(mailbox: Mailbox, wait: float) -> str:
     return "no bridge has ever written its state there: training has not started a Bridge on this run yet"
 
 
-def _no_response_message(mailbox: Mailbox, pending: Sequence[protocol.Command], wait: float) -> str:
-    ids = ", ".join(c.id for c in pending)
-    many = len(pending) > 1
-    never = status_row(mailbox)["live"] == "none"
-    when = "when a Bridge starts on that run" if never else "if that run's bridge comes back"
-    return (
-        f"no response from {mailbox.run_dir} within {wait:g}s: {_why_no_response(mailbox, wait)}. "
-        f"The command{'s' if many else ''} ({ids}) stay{'' if many else 's'} queued in {mailbox.inbox} and will be "
-        f"applied {when}"
+def expires_in(opts: argparse.Namespace) -> float | None:
+    """Seconds a command may wait for a bridge to claim it: `--expires`, none with `--queue`, else the sender's
+    own patience (`--wait`, 30 s with `--no-wait`)."""
+    if opts.queue:
+        return None
+    return float(opts.expires) if opts.expires is not None else float(opts.wait)
+
+
+def _refuse_ended(why: str, run: str) -> None:
+    raise CliError(
+        f"nothing was sent to {run}: {why}, so no bridge would apply the command. Start training again (resume "
+        "this run explicitly, e.g. `examples/train_torch.py --resume RUN`), or add --queue to leave the "
+        "command for a Bridge that resumes this run (or --expires 1h to give up after an hour)",
+        EXIT_FAILED,
     )
+
+
+#: what `Mailbox.withdraw` found, as told to the user
+_GAVE_UP = {
+    "withdrawn": "withdrawn: it was not applied and never will be; send it again when the bridge answers",
+    "claimed": "the bridge took it before it expired, so it will still be applied and answered; its outcome "
+    "will be in `bidviz journal {run}`",
+}
+
+
+def _withdraw(mailbox: Mailbox, commands: Sequence[protocol.Command]) -> dict[str, str]:
+    """What became of each command its sender gives up on: 'withdrawn', 'claimed' or 'answered' (by id)."""
+    fate: dict[str, str] = {}
+    for command in commands:
+        try:
+            fate[command.id] = mailbox.withdraw(command)
+        except OSError:
+            fate[command.id] = "claimed"  # cannot tell: say no more than that it may still be applied
+    return fate
+
+
+def _fates(mailbox: Mailbox, commands: Sequence[protocol.Command], fate: Mapping[str, str]) -> str:
+    """One line per command without a response: what became of it."""
+    lines = []
+    for command in commands:
+        what = fate.get(command.id, "queued")
+        if what == "queued":
+            until = time.strftime("%H:%M:%S", time.localtime(command.expires_at)) if command.expires_at else None
+            text = f"queued in {mailbox.inbox}: applied if a bridge claims it" + (
+                f" before {until}, else answered Expired" if until else " (no expiry: --queue)"
+            )
+        else:
+            text = _GAVE_UP[what].format(run=mailbox.run_dir)
+        lines.append(f"  {command.id} ({command.kind}): {text}")
+    return "\n".join(lines)
+
+
+def _gave_up(
+    mailbox: Mailbox, commands: Sequence[protocol.Command], responses: list[Response | None]
+) -> dict[str, str]:
+    """Withdraw each command still without a response, filling `responses` with the answers that came meanwhile;
+    a command the bridge took first gets a second to be answered."""
+    fate = _withdraw(mailbox, [c for c, r in zip(commands, responses, strict=True) if r is None])
+    for i, command in enumerate(commands):
+        what = fate.get(command.id)
+        if what in ("answered", "claimed"):
+            responses[i] = mailbox.wait_response(command.id, CLAIMED_GRACE if what == "claimed" else 0.0)
+    return fate
 
 
 def send(
@@ -124,32 +183,48 @@ def send(
 
     `many`: `--json` prints a list; with `labels`, errors name the command they belong to.
     """
-    commands = _make_commands(requests, labels)
-    mailbox = checked_mailbox(opts.run)
+    expiry = expires_in(opts)
+    commands = _make_commands(requests, labels, expiry)
+    mailbox = run_mailbox(opts.run)
+    deliberate = opts.queue or opts.expires is not None  # left queued on purpose: never withdrawn
+    ended = ended_reason(mailbox)
+    if ended is not None and not deliberate:
+        _refuse_ended(ended, opts.run)
     _deliver(mailbox, commands)
     if opts.no_wait:
+        return _report_sent(commands, opts.json, many)
+    if ended is not None:  # queued on purpose for a bridge that resumes this run: nothing to wait for now
+        say(f"{opts.run}: {ended}; sent anyway, as asked:\n{_fates(mailbox, commands, {})}", err=True)
         return _report_sent(commands, opts.json, many)
     try:
         responses = _wait_all(mailbox, commands, opts.wait)
     except KeyboardInterrupt:
-        ids = ", ".join(c.id for c in commands)
-        say(f"interrupted; the command(s) {ids} stay queued and will still be applied", err=True)
+        if deliberate:
+            say("interrupted; the command(s) stay queued, as --queue/--expires asked", err=True)
+            return EXIT_INTERRUPTED
+        for cid, what in _withdraw(mailbox, commands).items():
+            say(f"interrupted; {cid}: {_GAVE_UP.get(what, 'answered: see the journal').format(run=opts.run)}", err=True)
         return EXIT_INTERRUPTED
+    fate = _gave_up(mailbox, commands, responses) if not deliberate and None in responses else {}
     if opts.json:
-        _print_responses_json(commands, responses, many)
+        _print_responses_json(commands, responses, many, fate)
     status = EXIT_OK
     for i, (command, response) in enumerate(zip(commands, responses, strict=True)):
         if response is None:
             continue
         if response.get("status") == "applied":
-            if not opts.json:
-                show(command.args, response)
+            shown = None if opts.json else show(command.args, response)
+            status = max(status, shown or EXIT_OK)
         else:
             print_error(response, labels[i] if labels else None)
             status = EXIT_FAILED
     pending = [c for c, r in zip(commands, responses, strict=True) if r is None]
     if pending:
-        say(f"error: {_no_response_message(mailbox, pending, opts.wait)}", err=True)
+        why = _why_no_response(mailbox, opts.wait)
+        say(
+            f"error: no response from {opts.run} within {opts.wait:g}s: {why}.\n{_fates(mailbox, pending, fate)}",
+            err=True,
+        )
         status = EXIT_NO_RESPONSE
     return status
 
@@ -165,10 +240,12 @@ def _report_sent(commands: Sequence[protocol.Command], as_json: bool, many: bool
 
 
 def _print_responses_json(
-    commands: Sequence[protocol.Command], responses: Sequence[Response | None], many: bool
+    commands: Sequence[protocol.Command], responses: Sequence[Response | None], many: bool, fate: Mapping[str, str]
 ) -> None:
+    """A command without a response shows what became of it: `withdrawn`, `claimed` or (sent with --queue or
+    --expires) `pending`."""
     shown = [
-        r if r is not None else {"id": c.id, "kind": c.kind, "status": "pending"}
+        r if r is not None else {"id": c.id, "kind": c.kind, "status": fate.get(c.id, "pending")}
         for c, r in zip(commands, responses, strict=True)
     ]
     print_json(shown if many else shown[0])

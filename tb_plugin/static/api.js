@@ -195,8 +195,8 @@ export class Api {
     }
     throw new ApiError(
       504,
-      `no response within ${Math.round(timeoutMs / 1000)} s (command ${id}); it stays in the inbox and will be ` +
-        'applied when the bridge gets to it',
+      `no response within ${Math.round(timeoutMs / 1000)} s (command ${id}); unless the bridge took it in ` +
+        'time, it expires and is never applied (a bridge that comes back answers it Expired): see the journal',
     );
   }
 }

@@ -43,46 +43,16 @@ def test_stop_ends_training_and_status_goes_from_live_to_ended(
     assert out.returncode == 1 and f"{state_json} (the bridge's state) is corrupt: not JSON" in out.stderr, out.stderr
 
 
-def test_command_to_an_ended_run_exits_3_and_is_applied_when_it_comes_back(
-    cli: Cli, start_training: StartTraining, tmp_path: Path, state: ReadState
-) -> None:
-    run = tmp_path / "run_b"
-    training = start_training(run)
-    assert cli("stop", run).returncode == 0
-    assert training.wait_exit(60) == 0, training.output()
-
-    started = time.monotonic()
-    out = cli("set", run, "dropout=0.4", "--wait", "0.5")
-    assert out.returncode == 3
-    assert time.monotonic() - started < 20
-    assert "has ended" in out.stderr
-    assert "queued" in out.stderr and "will be applied if that run's bridge comes back" in out.stderr
-    (queued,) = (run / ".bidviz" / "inbox").iterdir()
-    command_id = json.loads(queued.read_text())["id"]
-
-    restarted = start_training(run)
-    response = run / ".bidviz" / "outbox" / f"{command_id}.json"
-    deadline = time.monotonic() + 30
-    while not response.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert response.exists(), "the queued command was not answered after the restart"
-    assert json.loads(response.read_text())["status"] == "applied"
-    assert state(run)["hparams"]["dropout"]["value"] == 0.4
-    assert cli("stop", run).returncode == 0
-    assert restarted.wait_exit(60) == 0, restarted.output()
-
-
-def test_killed_training_is_stale_and_commands_time_out(
-    cli: Cli, start_training: StartTraining, tmp_path: Path
-) -> None:
+def test_killed_training_refuses_commands_at_once(cli: Cli, start_training: StartTraining, tmp_path: Path) -> None:
     run = tmp_path / "run_c"
     training = start_training(run)
     training.kill()
-    out = cli("pause", run, "--wait", "0.3")
-    assert out.returncode == 3
-    # Killed: the heartbeat stops; until it is LIVE_SECONDS old the bridge still looks live.
-    assert "is live" in out.stderr or "stale" in out.stderr
-    assert "queued" in out.stderr
+    started = time.monotonic()
+    out = cli("pause", run, "--wait", "20")
+    # Its pid no longer runs on this host: no need to wait for the heartbeat to age, nor for an answer.
+    assert out.returncode == 1 and time.monotonic() - started < 15, out.stderr
+    assert "no longer runs" in out.stderr and "nothing was sent" in out.stderr
+    assert not list((run / ".bidviz" / "inbox").iterdir())
 
 
 def test_signed_commands_are_applied_and_mismatched_ones_rejected(

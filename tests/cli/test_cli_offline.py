@@ -72,28 +72,52 @@ def test_bad_every_and_kind_and_wait_are_usage_errors(cli: Cli, tmp_path: Path) 
         assert "error" in out.stderr
 
 
-def test_no_mailbox_exits_3_and_says_what_to_do(cli: Cli, tmp_path: Path) -> None:
+def test_a_path_that_is_not_a_run_is_a_usage_error_with_the_runs_meant(cli: Cli, tmp_path: Path) -> None:
     out = cli("set", tmp_path / "nowhere", "lr=0.1", "--wait", "1")
-    assert out.returncode == 3
-    assert "has no BIDViz mailbox" in out.stderr
-    assert "Start training with a Bridge" in out.stderr
+    assert out.returncode == 2 and "does not exist" in out.stderr, out.stderr
+    logs = tmp_path / "runs"
+    for name in ("digits", "digits-2", "other/deep"):
+        Mailbox(logs / name).create()
+    # The log directory instead of a run: its runs are listed.
+    out = cli("set", logs, "lr=0.1")
+    assert out.returncode == 2, out.stderr
+    assert "is not a run but holds 3" in out.stderr and f"{logs / 'digits-2'}" in out.stderr, out.stderr
+    assert f"{logs / 'other/deep'}" in out.stderr
+    # A typo: the runs beside it that look like it.
+    out = cli("pause", logs / "digts")
+    assert out.returncode == 2 and f"did you mean {logs / 'digits'}" in out.stderr, out.stderr
+    # A directory with no runs at all says no Bridge ran there.
+    (tmp_path / "empty").mkdir()
+    out = cli("stop", tmp_path / "empty")
+    assert out.returncode == 2 and "no Bridge has run there" in out.stderr, out.stderr
+    assert not [p for p in logs.rglob("inbox/*")], "a usage error sent something"
 
 
-def test_never_started_bridge_exits_3_and_keeps_the_command_queued(cli: Cli, tmp_path: Path) -> None:
+def test_never_started_bridge_exits_3_and_withdraws_the_command(cli: Cli, tmp_path: Path) -> None:
     mailbox = Mailbox(tmp_path)
     mailbox.create()
     started = time.monotonic()
-    out = cli("pause", tmp_path, "--wait", "0.3")
+    out = cli("pause", tmp_path, "--wait", "0.3", "--json")
     assert out.returncode == 3
     assert time.monotonic() - started < 20
     assert "no response" in out.stderr and "within 0.3s" in out.stderr
     assert "no bridge has ever written its state" in out.stderr
-    assert "stay" in out.stderr and "queued" in out.stderr
-    queued = list(mailbox.inbox.iterdir())
-    assert len(queued) == 1
-    command = json.loads(queued[0].read_text())
-    assert command["kind"] == "pause" and command["id"] in out.stderr
-    assert command["sender"].startswith("cli:")
+    assert "withdrawn: it was not applied and never will be" in out.stderr
+    assert json.loads(out.stdout)["status"] == "withdrawn"
+    assert not list(mailbox.inbox.iterdir()) and not list(mailbox.tmp.iterdir())
+
+
+def test_a_queued_command_stays_with_its_expiry(cli: Cli, tmp_path: Path) -> None:
+    mailbox = Mailbox(tmp_path)
+    mailbox.create()
+    before = time.time()
+    out = cli("pause", tmp_path, "--wait", "0.2", "--expires", "1h", "--json")
+    assert out.returncode == 3 and "applied if a bridge claims it before" in out.stderr, out.stderr
+    (queued,) = mailbox.inbox.iterdir()
+    command = json.loads(queued.read_text())
+    assert command["kind"] == "pause" and command["id"] in out.stderr and command["sender"].startswith("cli:")
+    assert before + 3599 < command["expires_at"] < time.time() + 3601
+    assert json.loads(out.stdout)["status"] == "pending"
 
 
 def test_stale_bridge_exits_3_and_says_stale(cli: Cli, tmp_path: Path) -> None:
@@ -103,7 +127,7 @@ def test_stale_bridge_exits_3_and_says_stale(cli: Cli, tmp_path: Path) -> None:
     out = cli("set", tmp_path, "lr=0.1", "--wait", "0.2")
     assert out.returncode == 3
     assert "stale" in out.stderr and "pid 4242" in out.stderr
-    assert "will be applied if that run's bridge comes back" in out.stderr
+    assert "withdrawn" in out.stderr and not list(mailbox.inbox.iterdir())
 
 
 def test_no_wait_prints_the_id_and_queues_the_command(cli: Cli, tmp_path: Path) -> None:
@@ -115,7 +139,9 @@ def test_no_wait_prints_the_id_and_queues_the_command(cli: Cli, tmp_path: Path) 
     assert re.fullmatch(r"[0-9a-f]{32}", command_id)
     (queued,) = mailbox.inbox.iterdir()
     assert queued.name.endswith(f"-{command_id}.json")
-    assert json.loads(queued.read_text())["args"] == {"code": "1 + 1", "now": False}
+    command = json.loads(queued.read_text())
+    assert command["args"] == {"code": "1 + 1", "now": False}
+    assert command["expires_at"] == command["sent_at"] + 30  # nobody waits: it expires after the default --wait
 
 
 def test_set_values_are_json_when_they_parse(cli: Cli, tmp_path: Path) -> None:
@@ -239,10 +265,10 @@ def test_metric_export_writes_the_kinds_table_format(cli: Cli, tmp_path: Path) -
     assert kinds.read_metric_set(json.loads(out.stdout))[0]["name"] == "m"
 
 
-def test_reading_verbs_without_a_mailbox_exit_3(cli: Cli, tmp_path: Path) -> None:
+def test_reading_verbs_without_a_mailbox_exit_2(cli: Cli, tmp_path: Path) -> None:
     for args in (["journal", tmp_path], ["metric", "ls", tmp_path], ["metric", "export", tmp_path, "-"]):
         out = cli(*args)
-        assert out.returncode == 3, (args, out.stderr)
+        assert out.returncode == 2, (args, out.stderr)
         assert "no BIDViz mailbox" in out.stderr
 
 
