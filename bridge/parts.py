@@ -21,7 +21,7 @@ from typing import Any
 
 from bidviz import protocol
 from bidviz.channel import Mailbox, OwnerLock
-from bidviz.errors import ProtocolError
+from bidviz.errors import ChannelError, ProtocolError
 
 from .admission import Admitted
 from .applier import Applier
@@ -77,6 +77,8 @@ class Parts:
         self._calls_at_slow = 0
         self.rate = StepRate()
         self._inbox_mtime = 0
+        #: on a resumed run, the last step its previous session reached (from its state.json), else None
+        self.resumed_step: int | None = None
         with ExitStack() as undo:  # a constructor that fails releases everything it took
             self.mailbox = Mailbox(self.run_dir)
             self.owner = OwnerLock(self.mailbox)
@@ -129,6 +131,7 @@ class Parts:
                 poll_interval=poll_interval,
             )
             restored = self._replay(resume)
+            self.resumed_step = _last_step(self.mailbox) if resume else None
             self.recorder.start(restored, restore=resume)
             self.recorder.write_state()
             self.mailroom.start(restored)
@@ -147,6 +150,7 @@ class Parts:
         ns["step"] = step
         if not control.stepping:
             self.registry.first_step()
+            self._check_restart(step)
         now = time.monotonic()
         self.rate.mark(now, calls)
         if self.mailroom is not None and now - self._last_look >= CHECK_SECONDS / 2:
@@ -198,6 +202,21 @@ class Parts:
         if self.lockstep is not None:
             nxt = min(nxt, self.lockstep.ranks.next_sync)
         return nxt
+
+    def _check_restart(self, step: int) -> None:
+        """A resumed run whose loop restarted its step count: say so once (stderr and journal), since its curves
+        would draw the new points over the old ones."""
+        last = self.resumed_step
+        if last is None or step > last:
+            return
+        message = (
+            f"{self.run_dir} was resumed at step {last} but this session starts at step {step}: the loop restarted "
+            "its step count, so TensorBoard draws the new points over the old ones at the same steps (and "
+            f"`bidviz export` keeps the latest). Go on from `bridge.resumed_step + 1`, or train a new run in "
+            "another directory (Bridge(run_dir, resume=False) does not replay the journal either)"
+        )
+        print(f"bidviz: warning: {message}", file=sys.stderr, flush=True)
+        self.journal({"event": "steps_restarted", "reason": message})
 
     # -- answers and the journal -----------------------------------------------------------------------------------
 
@@ -315,6 +334,16 @@ class Parts:
 
 def _never(state: dict[str, Any]) -> None:
     return None
+
+
+def _last_step(mailbox: Any) -> int | None:
+    """The step a run's previous session reached, from the state.json it left (None when it has none)."""
+    try:
+        state = mailbox.read_state()
+    except ChannelError:  # an unreadable state.json: no step to compare with
+        return None
+    step = (state or {}).get("step")
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def _namespace(namespace: Mapping[str, Any] | None, bridge: Any) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """A small network learning scikit-learn's handwritten digits, steerable live with BIDViz.
 
-    python examples/train_torch.py --logdir runs            # trains runs/digits until stopped
-    bidviz set runs/digits lr=0.01                           # from another terminal
+    python examples/train_torch.py --logdir runs            # a new run each start: runs/digits-1, digits-2, ...
+    bidviz set runs/digits-1 lr=0.01                         # from another terminal
+    python examples/train_torch.py --resume runs/digits-1   # continue that run: its tuned values, its step count
 
 Nothing is downloaded: the digits ship with scikit-learn.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 import time
@@ -24,15 +26,46 @@ from bidviz import Bridge
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--logdir", default="runs", help="TensorBoard log directory (default: runs)")
-    p.add_argument("--run", default="digits", help="run name inside the log directory (default: digits)")
-    p.add_argument("--steps", type=int, default=0, help="steps to train; 0 trains until stopped (default)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--run", help="name of a new run inside the log directory (default: the next digits-<n>)")
+    which.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue RUN (a run directory, or a name inside the log directory): its tuned values and metrics are "
+        "replayed from its journal, and its steps go on from its last one",
+    )
+    p.add_argument("--steps", type=int, default=0, help="steps to train this time; 0 trains until stopped (default)")
     p.add_argument("--delay", type=float, default=0.05, help="seconds to sleep per step, so a person can follow")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--scheduler", action="store_true", help="decay lr with a StepLR (a set lr survives it)")
-    p.add_argument("--fresh", action="store_true", help="ignore the run's journal (do not resume tuned values)")
     p.add_argument("--quiet", action="store_true", help="do not print the commands to try")
     return p.parse_args(argv)
+
+
+def run_dir_of(args: argparse.Namespace) -> str:
+    """The run to train: the one to resume, a new one named --run, or the next free `digits-<n>`."""
+    if args.resume:
+        run_dir = args.resume if os.path.isdir(args.resume) else os.path.join(args.logdir, args.resume)
+        if not os.path.isdir(os.path.join(run_dir, ".bidviz")):
+            sys.exit(
+                f"--resume {args.resume}: {run_dir} is not a run (no .bidviz/ there); see `bidviz status {args.logdir}`"
+            )
+        return run_dir
+    if args.run:
+        run_dir = os.path.join(args.logdir, args.run)
+        if os.path.exists(run_dir):
+            sys.exit(f"{run_dir} exists: give --resume {run_dir} to continue it, or another --run name")
+        return run_dir
+    taken = [int(m.group(1)) for name in _listdir(args.logdir) if (m := re.fullmatch(r"digits-(\d+)", name))]
+    return os.path.join(args.logdir, f"digits-{max(taken, default=0) + 1}")
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
 class Net(nn.Module):
@@ -59,20 +92,27 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=500, gamma=0.5) if args.scheduler else None
     loss_fn = nn.CrossEntropyLoss()
-    run_dir = os.path.join(args.logdir, args.run)
+    run_dir = run_dir_of(args)
 
     def set_dropout(p: float) -> None:
         model.drop.p = p
 
-    with Bridge(run_dir, namespace={"model": model, "x_val": x_val, "y_val": y_val}, resume=not args.fresh) as bridge:
+    defaults = {"lr": args.lr, "momentum": 0.9, "dropout": 0.1, "batch_size": args.batch_size}
+    with Bridge(run_dir, namespace={"model": model, "x_val": x_val, "y_val": y_val}) as bridge:
         bridge.bind_optimizer(optimizer, scheduler)
         bridge.hparam("dropout", 0.1, min=0.0, max=0.9, on_change=set_dropout)
         bridge.hparam("batch_size", args.batch_size, min=1, max=n_train)
+        step = 0
+        if bridge.resumed_step is not None:  # go on from the run's last step, so its curves do not restart
+            step = bridge.resumed_step + 1
+            tuned = [f"{n}={bridge.hparams[n]!r}" for n, v in defaults.items() if bridge.hparams.get(n, v) != v]
+            replayed = f"replayed from its journal: {', '.join(tuned)}" if tuned else "no tuned values to replay"
+            print(f"resuming {run_dir} at step {step}; {replayed}", flush=True)
         if not args.quiet:
             print_help(run_dir)
-        step = 0
         gen = torch.Generator().manual_seed(1)
-        while not bridge.should_stop and (args.steps <= 0 or step < args.steps):
+        end = step + args.steps if args.steps > 0 else None
+        while not bridge.should_stop and (end is None or step < end):
             idx = torch.randint(0, n_train, (int(bridge.hparams["batch_size"]),), generator=gen)
             model.train()
             outputs = model(x_train[idx])
@@ -114,6 +154,8 @@ def print_help(run_dir: str) -> None:
   bidviz pause {run};  bidviz resume {run}
   bidviz journal {run}
   bidviz stop {run}
+
+Start another run beside it: python examples/train_torch.py --logdir {shlex.quote(os.path.dirname(run_dir) or ".")}
 """,
         flush=True,
     )
