@@ -20,7 +20,7 @@ from bidviz.errors import MetricTimeout, ProtocolError
 from bidviz.protocol import Command
 
 from .diagnostics import PACK
-from .metrics import compile_eval, compile_metric
+from .metrics import compile_eval, compile_metric, emit, failure_info
 
 if TYPE_CHECKING:
     from .admission import Admitted
@@ -161,13 +161,35 @@ def compile_metric_code(rt: Registry, cmd: Command) -> types.CodeType:
 
 
 def install_metric(rt: Runtime, item: Admitted) -> Any:
+    """Install the metric, then run it once as a check (with a scratch `state`, writing nothing): the result
+    carries its first value, or the error of that first run, and then the metric stays installed, paused."""
     args = item.command.args
     reg = rt.registry
     with reg.lock:
         if args["name"] in reg.metrics and not args["replace"]:
             raise metric_exists(args["name"])
-        reg.install(args, item.code, item.command.sender)
-    return {"name": args["name"], "tag": f"bidviz/{args['name']}"}
+        metric = reg.install(args, item.code, item.command.sender)
+    added = {"name": args["name"], "tag": f"bidviz/{args['name']}"}
+    try:
+        return {**added, "first_value": rt.timer.call(first_run, metric, rt.control.at)}
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # noqa: BLE001 - the metric's failure, told to its sender; training goes on
+        info = failure_info(e, "<metric")
+        if isinstance(e, MetricTimeout):
+            info.update(message=f"metric {metric.name!r} {e}", traceback="", line=None)
+    with reg.lock:
+        metric.status, metric.last_error = "paused", info
+        reg.refresh()
+    return {**added, "status": "paused", "first_error": info}
+
+
+def first_run(metric: Any, step: int | None) -> Any:
+    """A metric's value once, with a scratch `state` and no writer: what its first step would show."""
+    from .lockstep import NullWriter  # here: lockstep imports this module
+
+    value = metric.fn({})
+    return None if value is None else emit(NullWriter(), f"bidviz/{metric.name}", value, metric.kind, step or 0)
 
 
 def restore_metric(state: Restored, args: Mapping[str, Any], sender: str) -> None:

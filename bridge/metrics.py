@@ -184,6 +184,7 @@ class Metric:
     last_error: dict[str, Any] | None = None
     recent: deque[tuple[int, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_KEPT))
     threads_left: int = 0  # runs in a row after which more threads ran than before
+    error_types: dict[str, int] = field(default_factory=dict)  # errors by type, for the journal's aggregation
     reduce: str = "rank0"  # on a distributed job: how the ranks' values become the one written
     # Decided once, not per value: the tag, whether a float value goes straight to add_scalar, and how values of
     # the last type seen are written (`writer_for`, again only when the type changes).

@@ -192,7 +192,14 @@ class MetricRunner:
             info.update(message=message, traceback="", line=None)
         info["step"] = step
         disable = m.record_error(info) or isinstance(exc, ThreadsLeft)
-        self._journal({"event": "metric_error", "metric": m.name, "error": info})
+        count = m.error_types[info["type"]] = m.error_types.get(info["type"], 0) + 1
+        if count == 1 or disable or _round(count):
+            # One line per error type, then one at each power of ten with the count: a metric that fails now and
+            # then (never disabled) does not flood the journal. state.json has every error's count and the last.
+            entry: dict[str, Any] = {"event": "metric_error", "metric": m.name, "error": info}
+            if count > 1:
+                entry.update(count=count, reason=f"{info['type']} {count} times so far, the last at step {step}")
+            self._journal(entry)
         if disable:
             if message is not None:
                 reason = "disabled: ran past its time budget"
@@ -205,6 +212,13 @@ class MetricRunner:
                 self.registry.refresh()
             self._journal({"event": "metric_disabled", "metric": m.name, "reason": reason})
         self.registry.changed = True
+
+
+def _round(count: int) -> bool:
+    """10, 100, 1000...: the counts at which a repeated error of a metric is journaled again."""
+    while count % 10 == 0:
+        count //= 10
+    return count == 1
 
 
 _NOTHING = object()

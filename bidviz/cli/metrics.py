@@ -35,8 +35,28 @@ def _read_code(opts: argparse.Namespace) -> str:
     return sys.stdin.read() if opts.code == "-" else str(opts.code)
 
 
-def _show_metric_added(args: Args, response: Response) -> None:
-    say(f"metric {args['name']} added (every {args['every']}, kind {args['kind']}){at_step(response)}")
+def _show_metric_added(args: Args, response: Response) -> int | None:
+    """The metric added and its first value; or, when its first run failed, that error (exit 1): it stays
+    installed, paused."""
+    result = response.get("result")
+    result = result if isinstance(result, Mapping) else {}
+    name, added = args["name"], f"metric {args['name']} added (every {args['every']}, kind {args['kind']})"
+    error = result.get("first_error")
+    if not error:
+        first = result.get("first_value")
+        shown = f"; first value {short(number(first), 60)}" if first is not None else ""
+        say(f"{added}{at_step(response)}{shown}")
+        return None
+    say(f"error: {added}{at_step(response)} but failed at its first run: {error_line(error)}", err=True)
+    traceback = str((error if isinstance(error, Mapping) else {}).get("traceback") or "").rstrip()
+    if traceback:
+        say(traceback, err=True)
+    say(
+        f"It stays installed, paused: fix it with `bidviz metric add RUN {name} CODE --replace`, remove it with "
+        f"`bidviz metric rm RUN {name}`, or run it as it is with `bidviz metric resume RUN {name}`",
+        err=True,
+    )
+    return EXIT_FAILED
 
 
 def cmd_metric_add(opts: argparse.Namespace) -> int:

@@ -7,5 +7,6 @@ from typing import Any
 
 Args = dict[str, Any]
 Response = dict[str, Any]
-#: prints what an applied command did, given the args it was sent with and its response
-Show = Callable[[Args, Response], None]
+#: prints what an applied command did, given the args it was sent with and its response; an int it returns is the
+#: exit status (an added metric that failed at its first run: 1)
+Show = Callable[[Args, Response], "int | None"]

@@ -70,25 +70,45 @@ def test_histogram_text_and_image_kinds(trainer):
     assert acc.Tensors(text_tag)[-1].tensor_proto.string_val[0].decode().startswith("step ")
 
 
+def test_a_metric_that_fails_at_its_first_run_is_added_paused_with_that_error(trainer):
+    code = "x = 1\ny = x / 0\nreturn y"
+    resp = trainer.call("add_metric", name="broken", code=code)
+    assert resp["status"] == "applied"
+    first = resp["result"]["first_error"]
+    assert resp["result"]["status"] == "paused" and first["type"] == "ZeroDivisionError" and first["line"] == 2
+    assert 'File "<metric broken>", line 2' in first["traceback"]
+    m = metric_state(trainer, "broken", lambda m: m["status"] == "paused", "paused")
+    assert m["error_count"] == 0 and m["last_error"]["type"] == "ZeroDivisionError"
+    ok = trainer.call("add_metric", name="fine", code="float(step) + 0.5")
+    assert ok["result"]["first_value"] == ok["step"] + 0.5 and "first_error" not in ok["result"]
+
+
 def test_raising_metric_reports_traceback_and_is_disabled_after_five_in_a_row(trainer):
     code = "x = 1\ny = x / 0\nreturn y"
-    assert trainer.call("add_metric", name="broken", code=code)["status"] == "applied"
-    m = metric_state(trainer, "broken", lambda m: m["status"] == "disabled", "disabled")
+    assert trainer.call("add_metric", name="broken5", code=code)["result"]["status"] == "paused"
+    assert trainer.call("resume_metric", name="broken5")["status"] == "applied"
+    m = metric_state(trainer, "broken5", lambda m: m["status"] == "disabled", "disabled")
     assert m["error_count"] == 5
     err = m["last_error"]
     assert err["type"] == "ZeroDivisionError" and err["line"] == 2
-    assert 'File "<metric broken>", line 2' in err["traceback"]
-    assert "y = x / 0" not in err["traceback"] or True  # the source line is not on disk; the line number is
-    events = [e for e in trainer.mailbox.iter_journal() if e.get("metric") == "broken"]
-    assert [e["event"] for e in events] == ["metric_error"] * 5 + ["metric_disabled"]
+    assert 'File "<metric broken5>", line 2' in err["traceback"]
+    # The journal has the first error and the one that disabled it (with its count), not one line per step.
+    events = [e for e in trainer.mailbox.iter_journal() if e.get("metric") == "broken5"]
+    assert [e["event"] for e in events] == ["metric_error", "metric_error", "metric_disabled"]
+    assert "count" not in events[0] and events[1]["count"] == 5
     before = trainer.state()["step"]
     trainer.wait_for(lambda s: s["step"] > before + 5, what="training goes on")
 
 
-def test_errors_not_in_a_row_keep_the_metric_alive(trainer):
-    assert trainer.call("add_metric", name="flaky", code="1 / (step % 3)")["status"] == "applied"
-    m = metric_state(trainer, "flaky", lambda m: m["error_count"] >= 6, "six errors")
+def test_errors_not_in_a_row_keep_the_metric_alive_and_are_journaled_once_per_type_then_by_tens(trainer):
+    # Fails on every third run (its first run, on a scratch state, succeeds).
+    code = "state['n'] = state.get('n', 0) + 1\nreturn 1 / (state['n'] % 3)"
+    assert trainer.call("add_metric", name="flaky", code=code)["result"]["first_value"] == 1.0
+    m = metric_state(trainer, "flaky", lambda m: m["error_count"] >= 12, "twelve errors")
     assert m["status"] == "running" and m["errors_in_row"] <= 1
+    lines = [e for e in trainer.mailbox.iter_journal() if e.get("metric") == "flaky"]
+    assert [e.get("count") for e in lines] == [None, 10], lines
+    assert lines[1]["reason"].startswith("ZeroDivisionError 10 times so far, the last at step ")
 
 
 def test_nan_metric_is_written_as_nan(trainer):
@@ -100,7 +120,9 @@ def test_nan_metric_is_written_as_nan(trainer):
 
 
 def test_endless_metric_is_interrupted_disabled_and_training_goes_on(trainer):
-    assert trainer.call("add_metric", name="forever", code="while True:\n    pass")["status"] == "applied"
+    first = trainer.call("add_metric", name="forever", code="while True:\n    pass")["result"]["first_error"]
+    assert first["type"] == "MetricTimeout" and "1 s budget" in first["message"]  # its check was interrupted
+    assert trainer.call("resume_metric", name="forever")["status"] == "applied"
     m = metric_state(trainer, "forever", lambda m: m["status"] == "disabled", "disabled by the time budget")
     assert m["last_error"]["type"] == "MetricTimeout" and "1 s budget" in m["last_error"]["message"]
     before = trainer.state()["step"]
@@ -109,12 +131,14 @@ def test_endless_metric_is_interrupted_disabled_and_training_goes_on(trainer):
 
 
 def test_wrong_explicit_kind_is_a_runtime_error_of_that_metric(trainer):
-    assert trainer.call("add_metric", name="img3", code="torch.zeros(2, 2, 2, 2)", kind="image")["status"] == "applied"
+    # Its first run (the check at install) already tells; resumed, each run fails the same way.
+    first = trainer.call("add_metric", name="img3", code="torch.zeros(2, 2, 2, 2)", kind="image")["result"]
+    assert first["first_error"]["type"] == "TypeError" and "2-D" in first["first_error"]["message"]
+    assert trainer.call("resume_metric", name="img3")["status"] == "applied"
     m = metric_state(trainer, "img3", lambda m: m["error_count"] >= 1, "an error")
     assert m["last_error"]["type"] == "TypeError" and "2-D" in m["last_error"]["message"]
-    assert trainer.call("add_metric", name="obj", code="object()")["status"] == "applied"
-    m = metric_state(trainer, "obj", lambda m: m["error_count"] >= 1, "an error")
-    assert "a metric must return a number" in m["last_error"]["message"]
+    first = trainer.call("add_metric", name="obj", code="object()")["result"]
+    assert "a metric must return a number" in first["first_error"]["message"]
 
 
 def test_pause_resume_replace_remove(trainer):

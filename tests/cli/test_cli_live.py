@@ -185,8 +185,14 @@ def test_metric_runtime_error_shows_in_ls_and_journal(
     cli: Cli, run: Path, state: ReadState, wait_until: WaitUntil
 ) -> None:
     out = cli("metric", "add", run, "divider", "x = 1\nreturn x / 0")
-    assert out.returncode == 0, out.stderr
+    # Its first run fails: added, paused, exit 1 with the error and what to do.
+    assert out.returncode == 1, out.stderr
+    assert "metric divider added (every 1, kind auto) at step" in out.stderr
+    assert "but failed at its first run: ZeroDivisionError: division by zero (line 2)" in out.stderr
+    assert "It stays installed, paused" in out.stderr and 'File "<metric divider>", line 2' in out.stderr
     try:
+        assert state(run)["metrics"]["divider"]["status"] == "paused"
+        assert cli("metric", "resume", run, "divider").returncode == 0
         wait_until(lambda: state(run)["metrics"]["divider"].get("error_count", 0) > 0, "divider to fail")
         out = cli("metric", "ls", run)
         assert "divider: last error: ZeroDivisionError: division by zero (line 2)" in out.stdout, out.stdout

@@ -237,8 +237,11 @@ def test_keyboard_interrupt_raised_by_code_in_a_job_that_ignores_sigint(table: T
             table.figures.crashed += 1
         assert t.alive(), t.stderr()
         assert got[metric]["status"] == "applied", got[metric]
+        assert got[metric]["result"]["first_error"]["type"] == "KeyboardInterrupt", got[metric]  # its first run
         for cid in evals:
             assert got[cid]["status"] == "failed" and got[cid]["error"]["type"] == "KeyboardInterrupt", got[cid]
+        resumed = wait_responses(t.mailbox, [send(t.mailbox, "resume_metric", {"name": "m_kbint"})], 30)
+        assert [r["status"] for r in resumed.values()] == ["applied"], resumed
         t.wait_state(lambda s: s["metrics"]["m_kbint"]["status"] == "disabled", 20, "m_kbint disabled")
         t.wait_step_past(step)
     finally:
