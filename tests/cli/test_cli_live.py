@@ -75,6 +75,29 @@ def test_set_several_is_all_or_nothing(cli: Cli, run: Path, state: ReadState) ->
     assert "set lr=0.07, dropout=5 -> rejected: OutOfBounds" in out.stdout, out.stdout
 
 
+def test_set_with_an_unknown_name_applies_nothing_and_a_set_writes_one_point_a_value_at_its_step(
+    cli: Cli, run: Path, state: ReadState, wait_until: WaitUntil
+) -> None:
+    from bidviz.writers import read_scalars
+
+    lr = state(run)["hparams"]["lr"]["value"]
+    out = cli("set", run, "lr=0.03", "lrr=1")
+    assert out.returncode == 1 and "UnknownName" in out.stderr and "'lrr'" in out.stderr, out.stderr
+    assert state(run)["hparams"]["lr"]["value"] == lr  # not half a change
+    out = cli("set", run, "lr=0.04", "momentum=0.8", "--json")
+    assert out.returncode == 0, out.stderr
+    (response,) = json.loads(out.stdout)
+    step = response["step"]
+    assert [e["status"] for e in _journal(cli, run) if e.get("id") == response["id"]] == ["applied"]
+
+    def at_step() -> dict[str, list[float]]:
+        series = read_scalars(run)
+        return {t: [v for s, _, v in series.get(t, []) if s == step] for t in ("hparams/lr", "hparams/momentum")}
+
+    points = wait_until(lambda: (p := at_step()) and all(p.values()) and p, "hparams points at the set's step")
+    assert points["hparams/lr"] == [pytest.approx(0.04)] and points["hparams/momentum"] == [pytest.approx(0.8)]
+
+
 def test_set_json_prints_the_responses(cli: Cli, run: Path) -> None:
     out = cli("set", run, "dropout=0.1", "--json")
     assert out.returncode == 0, out.stderr
