@@ -72,7 +72,9 @@ def bench_guard(rounds: int, n: int) -> None:
             off.close()
     for kind in losses:
         e, off_, on_ = best[kind, "empty"], best[kind, "off"], best[kind, "on"]
-        print(f"  {kind:18s} empty {e:7.1f}   guard off {off_:7.1f}   guard on {on_:7.1f}   guard's own {on_ - off_:7.1f}")
+        print(
+            f"  {kind:18s} empty {e:7.1f}   guard off {off_:7.1f}   guard on {on_:7.1f}   guard's own {on_ - off_:7.1f}"
+        )
     item = best["item", "item"]
     print(f"  t.item() alone on a 0-d CPU tensor: {item:.1f} ns")
     f_extra = best["float", "on"] - best["float", "empty"]
@@ -96,7 +98,8 @@ def bench_snapshots(sizes: list[int]) -> None:
         for p in model.parameters():
             p.grad = torch.zeros_like(p)
         opt.step()  # momentum buffers exist
-        store = SnapshotStore(lambda: {"model": model, "optimizer": opt}, max_bytes=1 << 40, max_count=2)
+        targets = {"model": model, "optimizer": opt}
+        store = SnapshotStore(targets.copy, max_bytes=1 << 40, max_count=2)
         gc.collect()
         before = _rss()
         t0 = time.perf_counter()
@@ -110,7 +113,7 @@ def bench_snapshots(sizes: list[int]) -> None:
             f"  {millions:>7d}M {snap.nbytes / 2**20:>7.0f} MiB {t1 - t0:>8.3f}s {t2 - t1:>8.3f}s "
             f"{grown / 2**20:>8.0f} MiB"
         )
-        del store, snap, model, opt
+        del store, snap, model, opt, targets
         gc.collect()
     with tempfile.TemporaryDirectory() as d:
         store = SnapshotStore(lambda: {"model": torch.nn.Linear(1000, 1000)}, max_bytes=1 << 20)

@@ -38,7 +38,8 @@ class CommandError(BIDVizError):
     """A command that was not applied; `response` is the bridge's answer, `traceback` the training side's."""
 
     def __init__(self, response: Mapping[str, Any]) -> None:
-        error = response.get("error") if isinstance(response.get("error"), dict) else {}
+        raw = response.get("error")
+        error: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
         self.response = dict(response)
         self.error_type = str(error.get("type") or "Error")
         self.traceback = str(error.get("traceback") or "")
@@ -84,9 +85,9 @@ class Run:
 
     # -- sending: the one path every verb takes ------------------------------------------------------------------
 
-    def make(self, requests: Sequence[tuple[str, Mapping[str, Any]]], *, expires_in: float | None = None) -> list[
-        protocol.Command
-    ]:
+    def make(
+        self, requests: Sequence[tuple[str, Mapping[str, Any]]], *, expires_in: float | None = None
+    ) -> list[protocol.Command]:
         """Build (and sign, with BIDVIZ_SECRET) every command before any is sent, so one bad argument sends none;
         each gets its own sending millisecond, which keeps the bridge applying them in this order."""
         secret = protocol.env_secret()
@@ -135,7 +136,11 @@ class Run:
         """Set hyperparameters (all checked first, then applied together at the next step, or none)."""
         if not values:
             raise TypeError("set() needs name=value pairs, e.g. run.set(lr=0.01)")
-        args = {"values": values} if len(values) > 1 else {"name": next(iter(values)), "value": next(iter(values.values()))}
+        args = (
+            {"values": values}
+            if len(values) > 1
+            else {"name": next(iter(values)), "value": next(iter(values.values()))}
+        )
         return self.request(kinds.SET_HPARAM.name, args)["result"]
 
     def add_metric(
@@ -194,10 +199,12 @@ class Run:
 
         found, _ = read_series(self.run_dir)
         if tag not in found:
-            raise KeyError(f"no scalar series {tag!r} in {self.run_dir}; there are: {', '.join(sorted(found)) or 'none'}")
+            raise KeyError(
+                f"no scalar series {tag!r} in {self.run_dir}; there are: {', '.join(sorted(found)) or 'none'}"
+            )
         array = np.array(list(found[tag]), dtype=[("step", "i8"), ("wall_time", "f8"), ("value", "f8")])
         try:
-            import pandas as pd
+            import pandas as pd  # type: ignore[import-untyped,unused-ignore]
         except ImportError:
             return array
         return pd.DataFrame(array)
@@ -307,7 +314,11 @@ class RuleSet(Mapping[str, Any]):
     def html(rules: Mapping[str, Any]) -> str:
         return _table(
             "rules",
-            {n: f"{r.get('status')}, fired {r.get('fired')}x: {r.get('code')}" for n, r in rules.items() if isinstance(r, dict)},
+            {
+                n: f"{r.get('status')}, fired {r.get('fired')}x: {r.get('code')}"
+                for n, r in rules.items()
+                if isinstance(r, dict)
+            },
         )
 
 

@@ -150,7 +150,9 @@ def _command_id(value: object, what: str) -> str:
 
 def _reason(value: object, what: str) -> str:
     if not isinstance(value, str) or len(value) > 500:
-        raise ProtocolError(f"{what} must be text of at most 500 characters; received {_short(value)}", type="InvalidArgs")
+        raise ProtocolError(
+            f"{what} must be text of at most 500 characters; received {_short(value)}", type="InvalidArgs"
+        )
     return value
 
 
@@ -440,7 +442,9 @@ ADD_RULE = Kind(
     "add_rule",
     (
         _RULE_NAME,
-        Arg("code", _code, help="code like a metric's that acts through set(...), pause(), stop(), snapshot(), rewind()"),
+        Arg(
+            "code", _code, help="code like a metric's that acts through set(...), pause(), stop(), snapshot(), rewind()"
+        ),
         _EVERY,
         Arg("cooldown", _every, 100, "after it acts, the rule rests this many steps"),
         Arg("replace", _flag, False, "replace a rule of the same name"),

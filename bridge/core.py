@@ -88,9 +88,9 @@ class Bridge:
         self.namespace: dict[str, Any] = parts.namespace
         self.hparams: Mapping[str, Any] = parts.registry.view
         self._control = parts.control
-        guard = parts.net.guard  # the divergence guard (the leader's): a finite float loss is checked in step()
-        self._guarded, self._spiky = guard is not None, guard is not None and guard.spike is not None
-        self._see = guard.see if guard is not None else None
+        watch = parts.net.guard  # the divergence guard (the leader's): a finite float loss is checked in step()
+        self._guarded, self._spiky = watch is not None, watch is not None and watch.spike is not None
+        self._see = watch.see if watch is not None else None
         self._finalizer = weakref.finalize(self, parts.shutdown)
 
     # -- the loop ---------------------------------------------------------------------------------------------------

@@ -230,14 +230,18 @@ def restore_drop(state: Restored, args: Mapping[str, Any], sender: str) -> None:
     state.metrics.pop(args["name"], None)
 
 
+def _restore_status(specs: dict[str, dict[str, Any]], name: str, status: str) -> None:
+    """A metric's or a rule's status as a paused or resumed one was journaled."""
+    if name in specs:
+        specs[name]["status"] = status
+
+
 def restore_hold(state: Restored, args: Mapping[str, Any], sender: str) -> None:
-    if args["name"] in state.metrics:
-        state.metrics[args["name"]]["status"] = "paused"
+    _restore_status(state.metrics, args["name"], "paused")
 
 
 def restore_rerun(state: Restored, args: Mapping[str, Any], sender: str) -> None:
-    if args["name"] in state.metrics:
-        state.metrics[args["name"]]["status"] = "running"
+    _restore_status(state.metrics, args["name"], "running")
 
 
 def _pack_specs(every: int) -> list[dict[str, Any]]:
@@ -413,13 +417,11 @@ def restore_rule_drop(state: Restored, args: Mapping[str, Any], sender: str) -> 
 
 
 def restore_rule_hold(state: Restored, args: Mapping[str, Any], sender: str) -> None:
-    if args["name"] in state.rules:
-        state.rules[args["name"]]["status"] = "paused"
+    _restore_status(state.rules, args["name"], "paused")
 
 
 def restore_rule_rerun(state: Restored, args: Mapping[str, Any], sender: str) -> None:
-    if args["name"] in state.rules:
-        state.rules[args["name"]]["status"] = "running"
+    _restore_status(state.rules, args["name"], "running")
 
 
 # -- the table's names, resolved once ---------------------------------------------------------------------------------

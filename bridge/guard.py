@@ -92,8 +92,12 @@ class Guard:
     def _spiked(self, what: str, step: int, value: float) -> None:
         recent = self._recent
         if len(recent) >= 5 and value > self.spike * self._median > 0:  # type: ignore[operator]
-            self._fire(what, step, f"{what} {value:.4g} at step {step} is over {self.spike:g}x its recent median "
-                       f"{self._median:.4g}", value)
+            self._fire(
+                what,
+                step,
+                f"{what} {value:.4g} at step {step} is over {self.spike:g}x its recent median {self._median:.4g}",
+                value,
+            )
             return
         recent.append(value)
         self._since_median += 1

@@ -118,7 +118,9 @@ class Rules:
     def get(self, name: str) -> Rule:
         rule = self.rules.get(name)
         if rule is None:
-            raise ProtocolError(f"no rule {name!r}; rules: {', '.join(sorted(self.rules)) or '(none)'}", type="UnknownName")
+            raise ProtocolError(
+                f"no rule {name!r}; rules: {', '.join(sorted(self.rules)) or '(none)'}", type="UnknownName"
+            )
         return rule
 
     def _refresh(self) -> None:
@@ -215,7 +217,9 @@ def _actions(out: list[tuple[str, dict[str, Any]]], registry: Registry) -> dict[
         known = set_names()
         for name in values:
             if name not in known:
-                raise ProtocolError(f"set({name}=...): no hyperparameter {name!r}; registered: {', '.join(sorted(known))}")
+                raise ProtocolError(
+                    f"set({name}=...): no hyperparameter {name!r}; registered: {', '.join(sorted(known))}"
+                )
         out.append((kinds.SET_HPARAM.name, args))
 
     def set_names() -> frozenset[str]:

@@ -116,8 +116,12 @@ class SafetyNet:
                 code = compile_rule(name, spec["code"])
             except (ValueError, SyntaxError, RecursionError) as e:
                 self._journal(
-                    {"event": "restore_failed", "what": f"rule {name}", "label": f"not restored: rule {name}",
-                     "message": str(e)}
+                    {
+                        "event": "restore_failed",
+                        "what": f"rule {name}",
+                        "label": f"not restored: rule {name}",
+                        "message": str(e),
+                    }
                 )
                 continue
             self.rules.install(spec, code, spec.get("sender", ""), status=spec.get("status", "running"))

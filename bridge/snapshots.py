@@ -94,8 +94,8 @@ class SnapshotStore:
             if self.spill_dir is None:
                 self.note = (
                     f"snapshot at step {step} skipped: it needs {size / 2**20:.0f} MiB ({what}), more than the budget "
-                    f"of {self.max_bytes / 2**20:.0f} MiB; give Bridge(snapshot_bytes=...) more, or snapshot_spill=True "
-                    "to write snapshots to .bidviz/snapshots/ on disk"
+                    f"of {self.max_bytes / 2**20:.0f} MiB; give Bridge(snapshot_bytes=...) more, or "
+                    "snapshot_spill=True to write snapshots to .bidviz/snapshots/ on disk"
                 )
                 return None
             snap.states = live

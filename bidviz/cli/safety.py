@@ -73,7 +73,9 @@ def cmd_rule_add(opts: argparse.Namespace) -> int:
     return send(opts, [(kinds.ADD_RULE.name, args)], show)
 
 
-RULE_ACTIONS = {kind.verb.removeprefix("rule "): kind for kind in (kinds.REMOVE_RULE, kinds.PAUSE_RULE, kinds.RESUME_RULE)}
+RULE_ACTIONS = {
+    kind.verb.removeprefix("rule "): kind for kind in (kinds.REMOVE_RULE, kinds.PAUSE_RULE, kinds.RESUME_RULE)
+}
 
 
 def cmd_rule_simple(opts: argparse.Namespace) -> int:

@@ -189,7 +189,7 @@ def test_a_rule_halves_lr_on_a_gradient_spike_once_per_cooldown(loops: Any, tmp_
     halve = [e for e in fired if e["rule"] == "halve"][:3]
     assert [e["values"]["gnorm"] > 50 for e in halve] == [True] * 3  # the values that triggered it
     steps = [e["step"] for e in halve]
-    assert all(b - a >= 25 for a, b in zip(steps, steps[1:])), steps  # held by its cool-down
+    assert all(b - a >= 25 for a, b in zip(steps, steps[1:], strict=False)), steps  # held by its cool-down
     sets = {e["id"]: e for e in run.journal() if e.get("kind") == "set_hparam" and e.get("sender") == "rule:halve"}
     lrs = [sets[e["commands"][0]]["response"]["result"]["value"] for e in halve]
     assert lrs == pytest.approx([0.00025, 0.000125, 0.0000625])
@@ -200,3 +200,26 @@ def test_a_rule_halves_lr_on_a_gradient_spike_once_per_cooldown(loops: Any, tmp_
     assert [e["event"] for e in errors] == ["rule_error"] * 5 + ["rule_disabled"]
     assert errors[0]["error"]["type"] == "KeyError"
     loop.end()
+
+
+def test_a_resumed_run_keeps_its_rules_and_the_values_a_rewind_restored(loops: Any) -> None:
+    first = loops("--no-guard")
+    run = first.run
+    first.until(lambda s: s.get("step") is not None, "the first step")
+    run.rules.add("watch", "if metrics.get('nothing', 0) > 1: stop('never')", every=3, cooldown=7)
+    run.rules.add("held", "pass")
+    run.rules.pause("held")
+    run.set(lr=0.5)
+    change = run.last["id"]  # type: ignore[index]
+    run.rewind(before=change)
+    assert run.state["hparams"]["lr"]["value"] == pytest.approx(0.05)
+    first.end()
+
+    again = loops("--no-guard")  # the same run directory, resumed
+    state = again.until(lambda s: s.get("step") is not None, "the first step")
+    assert state["hparams"]["lr"]["value"] == pytest.approx(0.05)  # not the 0.5 the rewind undid
+    rules = state["rules"]
+    assert (rules["watch"]["every"], rules["watch"]["cooldown"], rules["watch"]["status"]) == (3, 7, "running")
+    assert rules["held"]["status"] == "paused"
+    assert state["snapshots"]["kept"] == []  # snapshots live in memory: a new process starts with none
+    again.end()

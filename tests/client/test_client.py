@@ -60,7 +60,9 @@ def test_errors_are_typed_and_carry_the_training_traceback(run: Run, tmp_path: P
     with pytest.raises(CommandFailed) as failed:
         run.eval("def f(x):\n    return 1 / x\nf(0)")
     assert failed.value.error_type == "ZeroDivisionError" and failed.value.status == "failed"
-    assert 'File "<eval>", line 2, in f' in failed.value.traceback and "--- traceback in training ---" in str(failed.value)
+    assert 'File "<eval>", line 2, in f' in failed.value.traceback and "--- traceback in training ---" in str(
+        failed.value
+    )
     with pytest.raises(CommandRejected, match="no hyperparameter 'nope'") as rejected:
         run.set(nope=1)
     assert rejected.value.error_type == "UnknownName"
@@ -126,7 +128,9 @@ def test_a_notebook_steers_a_run(run: Run, tmp_path: Path) -> None:
         nbformat.v4.new_code_cell("run.eval(\"optimizer.param_groups[0]['lr']\")"),
         nbformat.v4.new_code_cell("run.state"),
     ]
-    nbclient.NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbclient.NotebookClient(
+        nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     out = [cell.outputs[0]["data"] for cell in nb.cells]
     assert "<table" in out[0]["text/html"] and "BIDViz run" in out[0]["text/html"]
     assert out[1]["text/plain"] == "{'name': 'lr', 'value': 0.02, 'old': 0.05}"

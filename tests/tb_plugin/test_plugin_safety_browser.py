@@ -23,7 +23,10 @@ def _losses(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def test_blow_up_guard_undo_recover_and_a_rule_from_the_tab(
-    tmp_path: Path, procs: list[Proc], start_tensorboard: Any, page: Any  # noqa: F811
+    tmp_path: Path,
+    procs: list[Proc],
+    start_tensorboard: Any,
+    page: Any,  # noqa: F811
 ) -> None:
     from playwright.sync_api import expect
 
@@ -75,4 +78,3 @@ def test_blow_up_guard_undo_recover_and_a_rule_from_the_tab(
     expect(ui.get_by_test_id("rule-row-calm")).to_have_count(0)
     ui.get_by_test_id("resume").click()
     wait_for(lambda: not state_of(run_dir).get("paused"), "the second resume")
-
