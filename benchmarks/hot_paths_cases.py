@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bridge_overhead import NullWriter  # a writer that drops everything: what is left is the bridge's own work
+
 METRICS_RATIO = 1.2
 
 
@@ -24,33 +26,6 @@ def best(times: list[float]) -> float:
 
 
 # -- 1. metrics -----------------------------------------------------------------------------------------------------
-
-
-class NullWriter:
-    """A writer that drops everything: what is left is the bridge's own work."""
-
-    run_dir: str | None = None
-
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        pass
-
-    def add_histogram(self, tag: str, values: Any, step: int) -> None:
-        pass
-
-    def add_text(self, tag: str, text: str, step: int) -> None:
-        pass
-
-    def add_image(self, tag: str, array: Any, step: int, dataformats: str) -> None:
-        pass
-
-    def add_hparams_session(self, hparams: Any, metric_tags: Any) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _loss(i: int) -> float:
