@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from . import kinds, protocol
-from .channel import Mailbox
+from .channel import Mailbox, mailbox_for
 from .errors import BIDVizError, ChannelError
 
 __all__ = ["CommandError", "CommandFailed", "CommandRejected", "NoResponse", "Run", "connect"]
@@ -65,62 +65,121 @@ class NoResponse(BIDVizError):
 
 
 def connect(run_dir: str | os.PathLike[str], *, wait: float = 30.0, sender: str | None = None) -> Run:
-    """The run at `run_dir` (a directory a Bridge writes `.bidviz/` in). `wait`: seconds to wait for an answer."""
+    """The run at `run_dir` (a directory a Bridge writes `.bidviz/` in, or an fsspec URL such as `s3://b/runs/x`).
+    `wait`: seconds to wait for an answer."""
     return Run(run_dir, wait=wait, sender=sender)
 
 
+CLAIMED_GRACE = 1.0  # seconds a sender still waits for a command the bridge took just before it gave up
+
+
+def make_commands(
+    requests: Sequence[tuple[str, Mapping[str, Any]]],
+    *,
+    sender: str,
+    expires_in: float | None = None,
+    labels: Sequence[str] | None = None,
+) -> list[protocol.Command]:
+    """Build (and sign, with BIDVIZ_SECRET) every command before any is sent, so one bad argument sends none
+    (ProtocolError, prefixed with its label); each gets its own sending millisecond, which keeps the bridge applying
+    them in this order."""
+    secret = protocol.env_secret()
+    out: list[protocol.Command] = []
+    last_ms = -1
+    for i, (kind, args) in enumerate(requests):
+        while int(time.time() * 1000) <= last_ms:
+            time.sleep(0.0005)
+        try:
+            command = protocol.make_command(kind, args, sender=sender, secret=secret, expires_in=expires_in)
+        except protocol.ProtocolError as e:
+            if not labels:
+                raise
+            raise protocol.ProtocolError(f"{labels[i]}: {e}", type=e.type) from None
+        last_ms = int(command.sent_at * 1000)
+        out.append(command)
+    return out
+
+
 class Run:
-    def __init__(self, run_dir: str | os.PathLike[str], *, wait: float = 30.0, sender: str | None = None) -> None:
-        self.mailbox = Mailbox(run_dir)
-        self.mailbox.check_root()  # ChannelError: a symlink, another user's, writable by others
-        if not self.mailbox.root.is_dir():
-            raise ChannelError(
-                f"{run_dir} has no BIDViz mailbox ({self.mailbox.root} is missing): no Bridge has run there; start "
-                "training with a Bridge on this directory, or check the path"
-            )
-        self.run_dir = self.mailbox.run_dir
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        *,
+        wait: float = 30.0,
+        sender: str | None = None,
+        mailbox: Mailbox | None = None,
+    ) -> None:
+        """`mailbox`: one already checked (the CLI's, which explains a path that is not a run its own way)."""
+        if mailbox is None:
+            mailbox = mailbox_for(run_dir)
+            mailbox.check_root()  # ChannelError: a symlink, another user's, writable by others
+            if not mailbox.exists():
+                raise ChannelError(
+                    f"{run_dir} has no BIDViz mailbox ({mailbox.root} is missing): no Bridge has run there; start "
+                    "training with a Bridge on this directory, or check the path"
+                )
+        self.mailbox = mailbox
+        self.run_dir = mailbox.run_dir
         self.wait = wait
         self.sender = sender or f"python:{protocol.default_sender()}"
         self.last: dict[str, Any] | None = None  # the last response: its "id" is what `rewind(before=...)` takes
 
-    # -- sending: the one path every verb takes ------------------------------------------------------------------
+    # -- sending: the one path every verb takes, the CLI's too ----------------------------------------------------
 
     def make(
         self, requests: Sequence[tuple[str, Mapping[str, Any]]], *, expires_in: float | None = None
     ) -> list[protocol.Command]:
-        """Build (and sign, with BIDVIZ_SECRET) every command before any is sent, so one bad argument sends none;
-        each gets its own sending millisecond, which keeps the bridge applying them in this order."""
-        secret = protocol.env_secret()
-        out: list[protocol.Command] = []
-        last_ms = -1
-        for kind, args in requests:
-            while int(time.time() * 1000) <= last_ms:
-                time.sleep(0.0005)
-            command = protocol.make_command(kind, args, sender=self.sender, secret=secret, expires_in=expires_in)
-            last_ms = int(command.sent_at * 1000)
-            out.append(command)
-        return out
+        return make_commands(requests, sender=self.sender, expires_in=expires_in)
 
     def deliver(self, commands: Sequence[protocol.Command]) -> None:
+        """Into the inbox, in order (ChannelError without a mailbox, OSError from the file system)."""
         for command in commands:
             self.mailbox.send(command)
 
     def responses(self, commands: Sequence[protocol.Command], wait: float) -> list[dict[str, Any] | None]:
-        """Each command's response, or None for those without one within `wait` seconds (all share the wait)."""
+        """Each command's response, or None for those without one within `wait` seconds (all share the wait);
+        StateError for a response file that is corrupt."""
         deadline = time.monotonic() + wait
         return [self.mailbox.wait_response(c.id, max(0.0, deadline - time.monotonic())) for c in commands]
+
+    def withdraw(self, commands: Sequence[protocol.Command]) -> dict[str, str]:
+        """Take back commands no one waits for any more: by id, 'withdrawn' (never applied), 'claimed' (the bridge
+        took it first: it will be answered) or 'answered'."""
+        fate: dict[str, str] = {}
+        for command in commands:
+            try:
+                fate[command.id] = self.mailbox.withdraw(command)
+            except OSError:
+                fate[command.id] = "claimed"  # cannot tell: say no more than that it may still be applied
+        return fate
+
+    def give_up(self, commands: Sequence[protocol.Command], responses: list[dict[str, Any] | None]) -> dict[str, str]:
+        """Withdraw each command still without a response, filling `responses` with the answers that came
+        meanwhile; a command the bridge took first gets CLAIMED_GRACE seconds to be answered. Its fate by id."""
+        fate = self.withdraw([c for c, r in zip(commands, responses, strict=True) if r is None])
+        for i, command in enumerate(commands):
+            what = fate.get(command.id)
+            if what in ("answered", "claimed"):
+                responses[i] = self.mailbox.wait_response(command.id, CLAIMED_GRACE if what == "claimed" else 0.0)
+        return fate
 
     def request(self, kind: str, args: Mapping[str, Any] | None = None, *, wait: float | None = None) -> dict[str, Any]:
         """Send one command and return its applied response; CommandRejected, CommandFailed or NoResponse."""
         wait = self.wait if wait is None else wait
         (command,) = self.make([(kind, dict(args or {}))], expires_in=wait)
         self.deliver([command])
-        (response,) = self.responses([command], wait)
-        self.last = response
+        responses = self.responses([command], wait)
+        fate = self.give_up([command], responses) if responses[0] is None else {}
+        self.last = response = responses[0]
         if response is None:
+            gone = (
+                "it was withdrawn, never to be applied"
+                if fate.get(command.id) == "withdrawn"
+                else "it may still be applied: see run.journal()"
+            )
             raise NoResponse(
                 f"no response from {self.run_dir} within {wait:g}s to {kind} ({command.id}); the bridge "
-                f"{self._liveness()}; the command expires unclaimed"
+                f"{self._liveness()}; {gone}"
             )
         return checked(response)
 

@@ -1,6 +1,7 @@
 """The `bidviz` command line: send commands to a run's bridge, read its state and journal, export its series.
 
-It imports only the shared contract (`bidviz.protocol`, `bidviz.channel`), the table of command kinds
+It is a shell over the Python client (`bidviz.client`, which sends and waits) and imports only the shared contract
+(`bidviz.protocol`, `bidviz.channel`), the table of command kinds
 (`bidviz.kinds`: kind names, verb help, metric kinds, the metric-set format), what clients show about runs
 (`bidviz.runs`, `bidviz.series`), the control token's file (`bidviz.tb_plugin.control_token`, standard library only)
 and the standard library, so it starts fast and never needs torch or tensorboard;

@@ -1,4 +1,6 @@
-"""Sending: build and sign every command, deliver them to a run's inbox, wait for the responses and report them.
+"""Sending: every command goes through the Python client (`bidviz.client`: build and sign, deliver, wait,
+withdraw what no one waits for any more), and this module says what happened the CLI's way: messages and exit
+statuses.
 
 `send` is what every steering verb calls; it returns the exit status.
 """
@@ -16,6 +18,7 @@ from bidviz.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NO_RESPONSE, E
 from bidviz.cli.output import age, print_error, print_json, say
 from bidviz.cli.reading import run_mailbox
 from bidviz.cli.types import Args, Response, Show
+from bidviz.client import Run, make_commands
 from bidviz.errors import ChannelError, StateError
 from bidviz.runs import UNREADABLE, status_row
 from bidviz.runs import ended as ended_reason
@@ -28,23 +31,12 @@ def _sender() -> str:
 def _make_commands(
     requests: Sequence[tuple[str, Args]], labels: Sequence[str] | None, expires_in: float | None
 ) -> list[protocol.Command]:
-    """Build (and sign) every command before sending any, so one bad argument sends nothing."""
-    secret = protocol.env_secret()
-    sender = _sender()
-    commands: list[protocol.Command] = []
-    last_ms = -1
-    for i, (kind, args) in enumerate(requests):
-        # Inbox names start with the sending millisecond; distinct ones keep the bridge applying in our order.
-        while int(time.time() * 1000) <= last_ms:
-            time.sleep(0.0005)
-        try:
-            command = protocol.make_command(kind, args, sender=sender, secret=secret, expires_in=expires_in)
-        except protocol.ProtocolError as e:
-            where = f"{labels[i]}: " if labels else ""
-            raise CliError(f"{where}{e}", EXIT_USAGE) from None
-        last_ms = int(command.sent_at * 1000)
-        commands.append(command)
-    return commands
+    """Build (and sign) every command before sending any (the client's `make_commands`), so one bad argument sends
+    nothing: a usage error naming it."""
+    try:
+        return make_commands(requests, sender=_sender(), expires_in=expires_in, labels=labels)
+    except protocol.ProtocolError as e:
+        raise CliError(str(e), EXIT_USAGE) from None
 
 
 def os_failure(path: object, error: OSError, action: str = "write into") -> str:
@@ -63,25 +55,20 @@ def os_failure(path: object, error: OSError, action: str = "write into") -> str:
     return f"{what}; check that the run's .bidviz/ is intact (a Bridge recreates it when it starts)"
 
 
-def _deliver(mailbox: Mailbox, commands: Sequence[protocol.Command]) -> None:
-    for command in commands:
-        try:
-            mailbox.send(command)
-        except protocol.ProtocolError as e:
-            raise CliError(str(e), EXIT_USAGE) from None
-        except ChannelError as e:
-            raise CliError(str(e), EXIT_NO_RESPONSE) from None
-        except OSError as e:
-            raise CliError(os_failure(mailbox.inbox, e), EXIT_USAGE) from None
-
-
-CLAIMED_GRACE = 1.0  # seconds a sender still waits for a command the bridge took just before it gave up
-
-
-def _wait_all(mailbox: Mailbox, commands: Sequence[protocol.Command], wait: float) -> list[Response | None]:
-    deadline = time.monotonic() + wait
+def _deliver(run: Run, commands: Sequence[protocol.Command]) -> None:
     try:
-        return [mailbox.wait_response(c.id, max(0.0, deadline - time.monotonic())) for c in commands]
+        run.deliver(commands)
+    except protocol.ProtocolError as e:
+        raise CliError(str(e), EXIT_USAGE) from None
+    except ChannelError as e:
+        raise CliError(str(e), EXIT_NO_RESPONSE) from None
+    except OSError as e:
+        raise CliError(os_failure(run.mailbox.inbox, e), EXIT_USAGE) from None
+
+
+def _wait_all(run: Run, commands: Sequence[protocol.Command], wait: float) -> list[Response | None]:
+    try:
+        return run.responses(commands, wait)
     except StateError as e:
         raise CliError(str(e), EXIT_FAILED) from None
 
@@ -131,17 +118,6 @@ _GAVE_UP = {
 }
 
 
-def _withdraw(mailbox: Mailbox, commands: Sequence[protocol.Command]) -> dict[str, str]:
-    """What became of each command its sender gives up on: 'withdrawn', 'claimed' or 'answered' (by id)."""
-    fate: dict[str, str] = {}
-    for command in commands:
-        try:
-            fate[command.id] = mailbox.withdraw(command)
-        except OSError:
-            fate[command.id] = "claimed"  # cannot tell: say no more than that it may still be applied
-    return fate
-
-
 def _fates(mailbox: Mailbox, commands: Sequence[protocol.Command], fate: Mapping[str, str]) -> str:
     """One line per command without a response: what became of it."""
     lines = []
@@ -156,19 +132,6 @@ def _fates(mailbox: Mailbox, commands: Sequence[protocol.Command], fate: Mapping
             text = _GAVE_UP[what].format(run=mailbox.run_dir)
         lines.append(f"  {command.id} ({command.kind}): {text}")
     return "\n".join(lines)
-
-
-def _gave_up(
-    mailbox: Mailbox, commands: Sequence[protocol.Command], responses: list[Response | None]
-) -> dict[str, str]:
-    """Withdraw each command still without a response, filling `responses` with the answers that came meanwhile;
-    a command the bridge took first gets a second to be answered."""
-    fate = _withdraw(mailbox, [c for c, r in zip(commands, responses, strict=True) if r is None])
-    for i, command in enumerate(commands):
-        what = fate.get(command.id)
-        if what in ("answered", "claimed"):
-            responses[i] = mailbox.wait_response(command.id, CLAIMED_GRACE if what == "claimed" else 0.0)
-    return fate
 
 
 def send(
@@ -186,26 +149,27 @@ def send(
     expiry = expires_in(opts)
     commands = _make_commands(requests, labels, expiry)
     mailbox = run_mailbox(opts.run)
+    run = Run(opts.run, mailbox=mailbox, sender=_sender())  # the client's sending, waiting and withdrawing
     deliberate = opts.queue or opts.expires is not None  # left queued on purpose: never withdrawn
     ended = ended_reason(mailbox)
     if ended is not None and not deliberate:
         _refuse_ended(ended, opts.run)
-    _deliver(mailbox, commands)
+    _deliver(run, commands)
     if opts.no_wait:
         return _report_sent(commands, opts.json, many)
     if ended is not None:  # queued on purpose for a bridge that resumes this run: nothing to wait for now
         say(f"{opts.run}: {ended}; sent anyway, as asked:\n{_fates(mailbox, commands, {})}", err=True)
         return _report_sent(commands, opts.json, many)
     try:
-        responses = _wait_all(mailbox, commands, opts.wait)
+        responses = _wait_all(run, commands, opts.wait)
     except KeyboardInterrupt:
         if deliberate:
             say("interrupted; the command(s) stay queued, as --queue/--expires asked", err=True)
             return EXIT_INTERRUPTED
-        for cid, what in _withdraw(mailbox, commands).items():
+        for cid, what in run.withdraw(commands).items():
             say(f"interrupted; {cid}: {_GAVE_UP.get(what, 'answered: see the journal').format(run=opts.run)}", err=True)
         return EXIT_INTERRUPTED
-    fate = _gave_up(mailbox, commands, responses) if not deliberate and None in responses else {}
+    fate = run.give_up(commands, responses) if not deliberate and None in responses else {}
     if opts.json:
         _print_responses_json(commands, responses, many, fate)
     status = EXIT_OK
