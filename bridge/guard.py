@@ -51,7 +51,7 @@ class Guard:
         self._median = INF
         self._since_median = 0
         self._ring: list[Any] = []
-        self._head = 0
+        self._head = self._tail = 0  # the next slot to fill; the oldest slot in flight
         self.tripped: dict[str, Any] | None = None
         self.note: str | None = None
 
@@ -119,6 +119,7 @@ class Guard:
             self.tripped["active"] = False
         for slot in self._ring:
             slot[2] = None  # losses in flight from before belong to the past
+        self._tail = self._head
 
     def _unreadable(self, loss: Any) -> None:
         if self.note is None:
@@ -135,11 +136,14 @@ class Guard:
         ring = self._ring
         if not ring:
             ring.extend(_slot() for _ in range(RING))
-        for slot in ring:  # losses whose copy has landed since: read from host memory, no wait
-            if slot[2] is not None and slot[1].query():
-                value, at = slot[0].item(), slot[2]
-                slot[2] = None
-                self.check("loss", at, value)
+        while True:  # oldest first, the copies whose event says they landed: read from host memory, no wait
+            slot = ring[self._tail]
+            if slot[2] is None or not slot[1].query():
+                break  # copies land in the order they were queued: the newer ones are not there yet either
+            value, at = slot[0].item(), slot[2]
+            slot[2] = None
+            self._tail = (self._tail + 1) % RING
+            self.check("loss", at, value)
         slot = ring[self._head]
         if slot[2] is not None:
             return  # the GPU is RING steps behind: this step's loss is not copied

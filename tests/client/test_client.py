@@ -112,8 +112,8 @@ def test_series_state_rules_and_html(run: Run) -> None:
 
 def test_no_response_in_time_is_typed(run: Run) -> None:
     impatient = bidviz.connect(run.run_dir, wait=0.3)
-    with pytest.raises(NoResponse, match="is live"):
-        impatient.eval("import time\ntime.sleep(1.5)")
+    with pytest.raises(NoResponse, match="is live.*it may still be applied"):
+        impatient.eval("import time\ntime.sleep(3)")  # taken by the bridge at once, answered after the wait
     assert impatient.last is None
 
 
