@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import os
 import random
+import re
 import sys
 import threading
 import time
@@ -77,6 +78,8 @@ class SnapshotStore:
         self._lock = threading.Lock()
         self._counter = 0  # ids follow the order of commands, the same on every rank of a distributed job
         self.note: str | None = None  # why the last snapshot was skipped or spilled
+        if spill_dir is not None:
+            _sweep(spill_dir)
 
     @property
     def nbytes(self) -> int:
@@ -190,6 +193,30 @@ class SnapshotStore:
             "kept": kept,
             "note": self.note,
         }
+
+
+def _sweep(spill_dir: Path) -> None:
+    """Spilled snapshots of processes that ended (a snapshot dies with its process): removed, so a run that is
+    restarted again and again does not fill its disk. Files of live processes (other ranks) are left alone."""
+    try:
+        names = os.listdir(spill_dir)
+    except OSError:
+        return
+    for name in names:
+        match = re.fullmatch(r"s\d+-(\d+)\.(pt|tmp)", name)
+        if match is None:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+            continue  # alive (or another user's: not ours to remove)
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue
+        try:
+            os.unlink(spill_dir / name)
+        except OSError:
+            pass
 
 
 def _is_module(obj: Any) -> bool:
