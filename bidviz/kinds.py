@@ -525,11 +525,14 @@ def get(kind: object) -> Kind:
 METRIC_SET_FORMAT = "bidviz_metrics"  # the key that marks a metric set; its value is the format's version
 METRIC_SET_VERSION = 1
 METRIC_SET_FIELDS = ("name", "code", "every", "kind", "reduce")
+RULE_SET_FIELDS = ("name", "code", "every", "cooldown")  # a set's optional "rules": live rules go with the metrics
 
 
-def metric_set(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """A metric set from `state.json`'s metrics mapping."""
-    return {
+def metric_set(
+    metrics: Mapping[str, Mapping[str, Any]], rules: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A metric set from `state.json`'s metrics mapping (and its rules, under "rules", when there are any)."""
+    out = {
         METRIC_SET_FORMAT: METRIC_SET_VERSION,
         "metrics": [
             {
@@ -542,6 +545,9 @@ def metric_set(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
             for name, m in metrics.items()
         ],
     }
+    if rules:
+        out["rules"] = [{"name": n, **{f: r.get(f) for f in RULE_SET_FIELDS[1:]}} for n, r in rules.items()]
+    return out
 
 
 def read_metric_set(obj: object) -> list[dict[str, Any]]:
@@ -568,11 +574,34 @@ def read_metric_set(obj: object) -> list[dict[str, Any]]:
     return out
 
 
+def read_rule_set(obj: object) -> list[dict[str, Any]]:
+    """The `add_rule` args (with replace) of the rules of a metric set (none when it has no "rules"), validated;
+    call `read_metric_set` first (it checks the set itself)."""
+    entries = obj.get("rules", []) if isinstance(obj, dict) else []
+    if not isinstance(entries, list):
+        raise ProtocolError(f"'rules' must be a list; received {_short(entries)}", type="BadMetricSet")
+    out = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ProtocolError(f"rule #{i + 1} must be an object; received {_short(entry)}", type="BadMetricSet")
+        args = {k: entry[k] for k in RULE_SET_FIELDS if k in entry and entry[k] is not None}
+        try:
+            out.append(ADD_RULE.parse_args({**args, "replace": True}))
+        except ProtocolError as e:
+            raise ProtocolError(f"rule #{i + 1} ({_short(entry.get('name'))}): {e}", type="BadMetricSet") from None
+    return out
+
+
 def public_table() -> dict[str, Any]:
     """`GET kinds`: the command kinds, the metric kinds and the metric-set format."""
     return {
         "kinds": [k.public() for k in KINDS.values()],
         "metric_kinds": list(METRIC_KINDS),
-        "metric_set": {"key": METRIC_SET_FORMAT, "version": METRIC_SET_VERSION, "fields": list(METRIC_SET_FIELDS)},
+        "metric_set": {
+            "key": METRIC_SET_FORMAT,
+            "version": METRIC_SET_VERSION,
+            "fields": list(METRIC_SET_FIELDS),
+            "rule_fields": list(RULE_SET_FIELDS),
+        },
         "rule_examples": dict(EXAMPLES),
     }

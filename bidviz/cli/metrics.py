@@ -17,6 +17,7 @@ from bidviz import kinds
 from bidviz.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError
 from bidviz.cli.output import at_step, clean, error_line, number, print_json, say, short, table
 from bidviz.cli.reading import metrics_of, read_state
+from bidviz.cli.safety import rules_of
 from bidviz.cli.sending import send
 from bidviz.cli.types import Args, Response
 from bidviz.errors import ProtocolError
@@ -120,7 +121,8 @@ def cmd_metric_ls(opts: argparse.Namespace) -> int:
 
 
 def cmd_metric_export(opts: argparse.Namespace) -> int:
-    data = kinds.metric_set(metrics_of(read_state(opts.run)))
+    state = read_state(opts.run)
+    data = kinds.metric_set(metrics_of(state), rules_of(state))
     text = json.dumps(data, indent=2) + "\n"
     if opts.file == "-":
         sys.stdout.write(text)
@@ -129,12 +131,14 @@ def cmd_metric_export(opts: argparse.Namespace) -> int:
         Path(opts.file).write_text(text)
     except OSError as e:
         raise CliError(f"cannot write {opts.file}: {e.strerror or e}", EXIT_FAILED) from None
-    say(f"exported {len(data['metrics'])} metric(s) to {opts.file}")
+    rules = f" and {len(data['rules'])} rule(s)" if data.get("rules") else ""
+    say(f"exported {len(data['metrics'])} metric(s){rules} to {opts.file}")
     return EXIT_OK
 
 
-def _load_metric_set(file: str) -> list[dict[str, Any]]:
-    """The add_metric args of every metric of a metric-set file, all validated before any is sent."""
+def _load_metric_set(file: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The add_metric args of every metric and the add_rule args of every rule of a metric-set file, all validated
+    before any is sent."""
     try:
         text = sys.stdin.read() if file == "-" else Path(file).read_text()
         data = json.loads(text)
@@ -143,16 +147,23 @@ def _load_metric_set(file: str) -> list[dict[str, Any]]:
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError included
         raise CliError(f"{file} is not JSON: {e}", EXIT_USAGE) from None
     try:
-        return kinds.read_metric_set(data)
+        return kinds.read_metric_set(data), kinds.read_rule_set(data)
     except ProtocolError as e:
         raise CliError(f"{file} is not a metric set: {e}", EXIT_USAGE) from None
 
 
 def cmd_metric_import(opts: argparse.Namespace) -> int:
-    metrics = _load_metric_set(opts.file)
-    if not metrics:
-        say(f"{opts.file} holds no metrics; nothing to import", err=True)
+    metrics, rules = _load_metric_set(opts.file)
+    if not metrics and not rules:
+        say(f"{opts.file} holds no metrics or rules; nothing to import", err=True)
         return EXIT_OK
-    requests = [(kinds.ADD_METRIC.name, args) for args in metrics]
-    labels = [f"metric {args['name']}" for args in metrics]
-    return send(opts, requests, _show_metric_added, many=True, labels=labels)
+    requests = [(kinds.ADD_METRIC.name, args) for args in metrics] + [(kinds.ADD_RULE.name, a) for a in rules]
+    labels = [f"metric {args['name']}" for args in metrics] + [f"rule {args['name']}" for args in rules]
+
+    def show(args: Args, response: Response) -> None:
+        if "cooldown" in args:
+            say(f"rule {args['name']} added (every {args['every']}, cool-down {args['cooldown']}){at_step(response)}")
+        else:
+            _show_metric_added(args, response)
+
+    return send(opts, requests, show, many=True, labels=labels)

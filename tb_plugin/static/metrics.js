@@ -195,11 +195,15 @@ export class MetricsPanel {
 
   // A metric set as `bidviz metric export` writes it: {<key>: <version>, metrics: [{<fields>}]}.
   metricSet() {
-    const {key, version, fields} = this.table.metric_set;
+    const {key, version, fields, rule_fields: ruleFields} = this.table.metric_set;
     const metrics = Object.entries((this.state && this.state.metrics) || {}).map(([name, m]) =>
       Object.fromEntries(fields.map((f) => [f, f === 'name' ? name : m[f] ?? this.defaults[f] ?? null])),
     );
-    return {[key]: version, metrics};
+    // The run's live rules go with its metrics, as `bidviz metric export` writes them.
+    const rules = Object.entries((this.state && this.state.rules) || {}).map(([name, r]) =>
+      Object.fromEntries(ruleFields.map((f) => [f, f === 'name' ? name : r[f] ?? null])),
+    );
+    return rules.length ? {[key]: version, metrics, rules} : {[key]: version, metrics};
   }
 
   exportSet() {
@@ -218,20 +222,24 @@ export class MetricsPanel {
     if (!this.table) return this.say('the metric-set format has not loaded yet; try again in a moment', true);
     const {key, version, fields} = this.table.metric_set;
     let metrics;
+    let rules = [];
     try {
       const data = JSON.parse(await file.text());
       if (!data || data[key] !== version || !Array.isArray(data.metrics)) throw new Error('not a metric set');
       metrics = data.metrics.filter((m) => m && typeof m === 'object');
+      rules = Array.isArray(data.rules) ? data.rules.filter((r) => r && typeof r === 'object') : [];
     } catch (e) {
       return this.say(`${file.name} is not a metric set as "Export set" or \`bidviz metric export\` writes it (${e.message})`, true);
     }
     const failed = [];
+    for (const r of rules) metrics.push({...r, isRule: true});
     for (const m of metrics) {
       // The set's fields as they are (the bridge validates them and fills in defaults), replacing a namesake.
-      const args = Object.fromEntries(fields.filter((f) => m[f] !== undefined && m[f] !== null).map((f) => [f, m[f]]));
+      const keys = m.isRule ? this.table.metric_set.rule_fields : fields;
+      const args = Object.fromEntries(keys.filter((f) => m[f] !== undefined && m[f] !== null).map((f) => [f, m[f]]));
       args.replace = true;
       try {
-        const resp = await this.app.send('add_metric', args);
+        const resp = await this.app.send(m.isRule ? 'add_rule' : 'add_metric', args);
         if (resp.status !== 'applied') failed.push(`${m.name}: ${errorText(resp.error)}`);
       } catch (e) {
         failed.push(`${m.name}: ${e.message}`);

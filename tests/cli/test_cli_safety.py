@@ -65,6 +65,22 @@ def test_status_names_the_guard_trip_and_its_rewind_which_works(tmp_path: Path) 
         assert cli("rule", "ls", str(run), "--json").stdout.strip() == "{}"
         assert "rule hold fired: pause: held by a rule" in cli("journal", str(run)).stdout
 
+        # Rules go with the metric set: exported, and imported back.
+        cli("rule", "add", str(run), "keep", "pass", "--every", "4", "--cooldown", "9")
+        exported = tmp_path / "set.json"
+        assert "and 1 rule(s)" in cli("metric", "export", str(run), str(exported)).stdout
+        assert json.loads(exported.read_text())["rules"] == [
+            {"name": "keep", "code": "pass", "every": 4, "cooldown": 9}
+        ]
+        cli("rule", "rm", str(run), "keep")
+        assert "rule keep added (every 4, cool-down 9)" in cli("metric", "import", str(run), str(exported)).stdout
+        assert state(run)["rules"]["keep"]["cooldown"] == 9
+        bad = json.loads(exported.read_text())
+        bad["rules"][0]["every"] = 0
+        exported.write_text(json.dumps(bad))
+        refused = cli("metric", "import", str(run), str(exported), ok=False)
+        assert refused.returncode == 2 and "rule #1 ('keep')" in refused.stderr
+
         snap = cli("snapshot", str(run), "--reason", "before the weekend").stdout
         assert re.match(r"snapshot s\d+ at step \d+ \(model, optimizer; \d+ bytes, in memory\)", snap), snap
         bad = cli("rule", "add", str(run), "x", "set(lr=", ok=False)

@@ -432,8 +432,10 @@ def test_kinds_serves_the_one_table(tmp_path: Path) -> None:
         "key": "bidviz_metrics",
         "version": 1,
         "fields": ["name", "code", "every", "kind", "reduce"],
+        "rule_fields": ["name", "code", "every", "cooldown"],
     }
     assert [k["kind"] for k in table["kinds"]] == list(kinds.KINDS)
+    assert set(table["rule_examples"]) == {"lr_plateau", "gnorm_spike"}
 
 
 def test_journal_lines_without_a_label_get_their_kinds_label(tmp_path: Path) -> None:
