@@ -203,11 +203,11 @@ class Run:
         return self.request(kinds.SET_HPARAM.name, args)["result"]
 
     def add_metric(
-        self, name: str, code: str, *, every: int = 1, kind: str = "auto", replace: bool = False
+        self, name: str, code: str, *, every: int = 1, kind: str = "auto", replace: bool = False, guard: bool = False
     ) -> dict[str, Any]:
-        return self.request(  # type: ignore[no-any-return]
-            kinds.ADD_METRIC.name, {"name": name, "code": code, "every": every, "kind": kind, "replace": replace}
-        )["result"]
+        """Add a metric; `guard=True`: the divergence guard watches its values too."""
+        args = {"name": name, "code": code, "every": every, "kind": kind, "replace": replace}
+        return self.request(kinds.ADD_METRIC.name, {**args, "guard": True} if guard else args)["result"]  # type: ignore
 
     def remove_metric(self, name: str) -> Any:
         return self.request(kinds.REMOVE_METRIC.name, {"name": name})["result"]

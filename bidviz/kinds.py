@@ -326,6 +326,7 @@ ADD_METRIC = Kind(
             None,
             "on a distributed job: rank 0's value, or the ranks' mean, sum, max or min, or all (one series a rank)",
         ),
+        Arg("guard", _flag, None, "the divergence guard watches its values too: NaN, inf (and spikes, when asked)"),
     ),
     label="add metric {name}: {code}",
     help="add a metric from Python code, run every Nth step, written as bidviz/NAME",

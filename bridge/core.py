@@ -210,16 +210,21 @@ class Bridge:
             raise RuntimeError("this bridge keeps no snapshots (Bridge(snapshots=False)): nothing to track")
         return self._parts.net.safety.track(obj, name)
 
-    def add_metric(self, name: str, code: str, every: int = 1, kind: str = "auto", replace: bool = False) -> None:
-        """Add a metric from code, as the `add_metric` command does (raises ProtocolError on bad code)."""
+    def add_metric(
+        self, name: str, code: str, every: int = 1, kind: str = "auto", replace: bool = False, guard: bool = False
+    ) -> None:
+        """Add a metric from code, as the `add_metric` command does (raises ProtocolError on bad code). With
+        `guard=True` the divergence guard watches its values too."""
         args = kinds.ADD_METRIC.parse_args(
-            {"name": name, "code": code, "every": every, "kind": kind, "replace": replace}
+            {"name": name, "code": code, "every": every, "kind": kind, "replace": replace, "guard": guard}
         )
         registry = self._parts.registry
         with registry.lock:
             if name in registry.metrics and not replace:
                 raise effects.metric_exists(name)
             registry.install(args, compile_metric(name, code), sender="api")
+        if self._parts.net.guard is not None:
+            self._parts.net.guard.watch(name, guard)
 
     def enable_diagnostics(self, every: int = 1) -> list[str]:
         """Switch on the built-in diagnostics pack (grad/weight norms, update ratio, lr, steps/s)."""

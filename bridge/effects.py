@@ -24,9 +24,9 @@ from .metrics import compile_eval, compile_metric, emit, failure_info
 
 if TYPE_CHECKING:
     from .admission import Admitted
+    from .guard import Guard
     from .interrupt import HookTimer
     from .ranks import Ranks
-    from .guard import Guard
     from .registry import Control, Registry
     from .replay import Restored
     from .rules import Rules
@@ -169,6 +169,8 @@ def install_metric(rt: Runtime, item: Admitted) -> Any:
         if args["name"] in reg.metrics and not args["replace"]:
             raise metric_exists(args["name"])
         metric = reg.install(args, item.code, item.command.sender)
+    if rt.guard is not None:
+        rt.guard.watch(args["name"], bool(args.get("guard")))
     added = {"name": args["name"], "tag": f"bidviz/{args['name']}"}
     try:
         return {**added, "first_value": rt.timer.call(first_run, metric, rt.control.at)}
@@ -207,6 +209,8 @@ def _set_status(rt: Runtime, item: Admitted, status: str) -> Any:
         m = reg.metric(item.command.args["name"])
         if status == "removed":
             del reg.metrics[m.name]
+            if rt.guard is not None:
+                rt.guard.watch(m.name, False)
         else:
             m.status = status
             m.errors_in_row = 0

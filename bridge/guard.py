@@ -23,7 +23,7 @@ import numbers
 import statistics
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 INF = math.inf
@@ -53,6 +53,7 @@ class Guard:
         self._ring: list[Any] = []
         self._head = self._tail = 0  # the next slot to fill; the oldest slot in flight
         self.tripped: dict[str, Any] | None = None
+        self.metrics: set[str] = set()  # metrics marked guard=True: their values are checked too
         self.note: str | None = None
 
     # -- the per-step path ----------------------------------------------------------------------------------------
@@ -113,6 +114,20 @@ class Guard:
         self._median = INF
         self._trip(what, step, reason, value)
 
+    def watch(self, metric: str, on: bool) -> None:
+        """Check `metric`'s values too (`add_metric(..., guard=True)`), or no longer."""
+        if on:
+            self.metrics.add(metric)
+        else:
+            self.metrics.discard(metric)
+
+    def check_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        """The values the guarded metrics wrote at this step (a scalar; anything else is not a guard's business)."""
+        for name in self.metrics:
+            m = metrics.get(name)
+            if m is not None and m.last_step == step and isinstance(m.last_value, (int, float)):
+                self.check(f"metric {name}", step, float(m.last_value))
+
     def rearm(self) -> None:
         """The run was resumed (or rewound): the next bad value trips again."""
         if self.tripped is not None:
@@ -158,7 +173,13 @@ class Guard:
         self._head = (self._head + 1) % RING
 
     def describe(self) -> dict[str, Any]:
-        return {"mode": self.mode, "spike": self.spike, "tripped": self.tripped, "note": self.note}
+        return {
+            "mode": self.mode,
+            "spike": self.spike,
+            "tripped": self.tripped,
+            "note": self.note,
+            "metrics": sorted(self.metrics),
+        }
 
 
 class _Landed:

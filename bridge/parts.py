@@ -250,7 +250,7 @@ class Parts:
                 continue
             self.registry.install(spec, code, spec["sender"], status=spec["status"])
         self.registry.refresh()
-        self.net.restore_rules(restored.rules)
+        self.net.restore(restored)
         return restored
 
     # -- the mailroom's tick --------------------------------------------------------------------------------------

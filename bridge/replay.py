@@ -157,7 +157,8 @@ def _fold(out: Restored, entry: dict[str, Any], wanted: set[str], restore: bool)
 
 def _metric_spec(spec: Any) -> dict[str, Any]:
     """A metric of a checkpoint line, as strict as an add_metric command."""
-    args = kinds.ADD_METRIC.parse_args({k: spec[k] for k in kinds.METRIC_SET_FIELDS if spec.get(k) is not None})
+    fields = (*kinds.METRIC_SET_FIELDS, "guard")
+    args = kinds.ADD_METRIC.parse_args({k: spec[k] for k in fields if spec.get(k) is not None})
     status, sender, last_error = spec.get("status"), spec.get("sender"), spec.get("last_error")
     return {
         **args,

@@ -22,6 +22,7 @@ from .effects import Runtime
 from .guard import Guard
 from .handoff import Handoff
 from .interrupt import HookTimer
+from .replay import Restored
 from .rules import Rules
 from .safety import Safety
 from .snapshots import DEFAULT_BYTES, DEFAULT_COUNT
@@ -97,16 +98,25 @@ class SafetyNet:
         self.runtime.registry.changed = True
 
     def run_rules(self, step: int) -> None:
+        """After the metrics of a step: the guarded metrics' values, then the rules (which see those values)."""
+        if self.guard is not None and self.guard.metrics:
+            self.guard.check_metrics(self.runtime.registry.metrics, step)
         if self.rules is not None and self.rules.active:
             self.rules.run(step)
 
     @property
     def active(self) -> bool:
-        """Whether every step must take the slow path (rules to run)."""
-        return bool(self.rules is not None and self.rules.active)
+        """Whether every step must take the slow path (rules to run, guarded metrics to check)."""
+        return bool(self.rules is not None and self.rules.active) or bool(self.guard and self.guard.metrics)
+
+    def restore(self, restored: Restored) -> None:
+        """A resumed run's rules and guarded metrics, from its journal."""
+        if self.guard is not None:
+            for name, spec in restored.metrics.items():
+                self.guard.watch(name, bool(spec.get("guard")))
+        self.restore_rules(restored.rules)
 
     def restore_rules(self, restored: dict[str, dict[str, Any]]) -> None:
-        """A resumed run's rules, from its journal."""
         if self.rules is None:
             return
         from .rules import compile_rule

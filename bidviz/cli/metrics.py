@@ -67,6 +67,7 @@ def cmd_metric_add(opts: argparse.Namespace) -> int:
         "every": opts.every,
         "replace": opts.replace,
         "kind": opts.kind,
+        **({"guard": True} if opts.guard else {}),
     }
     return send(opts, [(kinds.ADD_METRIC.name, args)], _show_metric_added)
 

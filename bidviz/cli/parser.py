@@ -151,6 +151,7 @@ def _add_metric_parsers(sub: Any, send: argparse.ArgumentParser) -> None:
         help=f"{_arg_help(add_metric, 'every')} (default {every})",
     )
     add.add_argument("--replace", action="store_true", help=_arg_help(add_metric, "replace"))
+    add.add_argument("--guard", action="store_true", help=_arg_help(add_metric, "guard"))
     add.add_argument(
         "--kind",
         choices=kinds.METRIC_KINDS,

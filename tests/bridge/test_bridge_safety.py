@@ -223,3 +223,19 @@ def test_a_resumed_run_keeps_its_rules_and_the_values_a_rewind_restored(loops: A
     assert rules["held"]["status"] == "paused"
     assert state["snapshots"]["kept"] == []  # snapshots live in memory: a new process starts with none
     again.end()
+
+
+def test_a_metric_marked_guard_trips_the_guard(loops: Any) -> None:
+    loop = loops()
+    run = loop.run
+    start = loop.until(lambda s: s.get("step") is not None, "the first step")["step"] + 30
+    run.add_metric("calm", "0.0")  # not guarded: its values are its own business
+    run.add_metric("probe", f"float('inf') if step >= {start} else 1.0", guard=True)
+    state = loop.until(lambda s: s.get("paused"), "the guard to pause the run")
+    trip = state["guard"]["tripped"]
+    assert trip["what"] == "metric probe" and trip["step"] == start and "metric probe is inf" in trip["reason"]
+    assert state["guard"]["metrics"] == ["probe"]
+    run.remove_metric("probe")
+    run.resume()
+    assert loop.until(lambda s: not s["paused"], "the resume")["guard"]["metrics"] == []
+    loop.end()
