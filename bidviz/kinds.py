@@ -553,43 +553,34 @@ def metric_set(
 
 def read_metric_set(obj: object) -> list[dict[str, Any]]:
     """The `add_metric` args (with replace) of every metric of a metric set, validated; ProtocolError otherwise."""
-    if isinstance(obj, dict) and obj.get(METRIC_SET_FORMAT) == METRIC_SET_VERSION:
-        entries = obj.get("metrics")
-    else:
+    if not (isinstance(obj, dict) and obj.get(METRIC_SET_FORMAT) == METRIC_SET_VERSION):
         raise ProtocolError(
             f'a metric set is {{"{METRIC_SET_FORMAT}": {METRIC_SET_VERSION}, "metrics": [...]}} as `bidviz metric '
             f"export` writes it; received {_short(obj)}",
             type="BadMetricSet",
         )
-    if not isinstance(entries, list):
-        raise ProtocolError(f"'metrics' must be a list; received {_short(entries)}", type="BadMetricSet")
-    out = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise ProtocolError(f"metric #{i + 1} must be an object; received {_short(entry)}", type="BadMetricSet")
-        args = {k: entry[k] for k in METRIC_SET_FIELDS if k in entry and entry[k] is not None}
-        try:
-            out.append(ADD_METRIC.parse_args({**args, "replace": True}))
-        except ProtocolError as e:
-            raise ProtocolError(f"metric #{i + 1} ({_short(entry.get('name'))}): {e}", type="BadMetricSet") from None
-    return out
+    return _set_entries(obj.get("metrics"), "metric", ADD_METRIC, METRIC_SET_FIELDS)
 
 
 def read_rule_set(obj: object) -> list[dict[str, Any]]:
     """The `add_rule` args (with replace) of the rules of a metric set (none when it has no "rules"), validated;
     call `read_metric_set` first (it checks the set itself)."""
-    entries = obj.get("rules", []) if isinstance(obj, dict) else []
+    return _set_entries(obj.get("rules", []) if isinstance(obj, dict) else [], "rule", ADD_RULE, RULE_SET_FIELDS)
+
+
+def _set_entries(entries: object, what: str, kind: Kind, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The args of `kind` (with replace) of each entry of a metric set's list, each validated, naming a bad one."""
     if not isinstance(entries, list):
-        raise ProtocolError(f"'rules' must be a list; received {_short(entries)}", type="BadMetricSet")
+        raise ProtocolError(f"'{what}s' must be a list; received {_short(entries)}", type="BadMetricSet")
     out = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise ProtocolError(f"rule #{i + 1} must be an object; received {_short(entry)}", type="BadMetricSet")
-        args = {k: entry[k] for k in RULE_SET_FIELDS if k in entry and entry[k] is not None}
+            raise ProtocolError(f"{what} #{i + 1} must be an object; received {_short(entry)}", type="BadMetricSet")
+        args = {k: entry[k] for k in fields if k in entry and entry[k] is not None}
         try:
-            out.append(ADD_RULE.parse_args({**args, "replace": True}))
+            out.append(kind.parse_args({**args, "replace": True}))
         except ProtocolError as e:
-            raise ProtocolError(f"rule #{i + 1} ({_short(entry.get('name'))}): {e}", type="BadMetricSet") from None
+            raise ProtocolError(f"{what} #{i + 1} ({_short(entry.get('name'))}): {e}", type="BadMetricSet") from None
     return out
 
 
