@@ -148,10 +148,13 @@ class Rules:
         except KeyboardInterrupt:
             raise
         except MetricTimeout as e:
-            self._failed(rule, step, e, f"rule {rule.name!r} {e}")
+            info = failure_info(e, "<metric")
+            self._failed(
+                rule, step, {**info, "message": f"rule {rule.name!r} {e}", "traceback": "", "line": None}, True
+            )
             return
         except BaseException as e:  # noqa: BLE001 - SystemExit from user code included: the rule's failure
-            self._failed(rule, step, e)
+            self._failed(rule, step, failure_info(e, "<metric"))
             return
         rule.errors_in_row = 0
         if not actions:
@@ -161,8 +164,8 @@ class Rules:
         for kind, args in actions:
             try:
                 ids.append(self._act(kind, args, sender))
-            except ProtocolError as e:
-                self._failed(rule, step, e)
+            except ProtocolError as e:  # refused on its way in (the bridge is closing...): nothing more was sent
+                self._failed(rule, step, e.as_error())
                 return
         rule.fired += 1
         rule.last_fired, rule.rest_until = step, step + rule.cooldown
@@ -179,20 +182,17 @@ class Rules:
         )
         self.registry.changed = True
 
-    def _failed(self, rule: Rule, step: int, exc: BaseException, message: str | None = None) -> None:
-        info = exc.as_error() if isinstance(exc, ProtocolError) else failure_info(exc, "<metric")
-        if message is not None:
-            info.update(message=message, traceback="", line=None)
+    def _failed(self, rule: Rule, step: int, info: dict[str, Any], timed_out: bool = False) -> None:
         info["step"] = step
         rule.error_count += 1
         rule.errors_in_row += 1
         rule.last_error = info
         self._journal({"event": "rule_error", "rule": rule.name, "error": info})
-        if message is not None or rule.errors_in_row >= ERRORS_TO_DISABLE:
+        if timed_out or rule.errors_in_row >= ERRORS_TO_DISABLE:
             with self.lock:
                 rule.status = "disabled"
                 self._refresh()
-            reason = "ran past its time budget" if message else f"{rule.errors_in_row} errors in a row"
+            reason = "ran past its time budget" if timed_out else f"{rule.errors_in_row} errors in a row"
             self._journal({"event": "rule_disabled", "rule": rule.name, "reason": f"disabled: {reason}"})
         self.registry.changed = True
 
@@ -205,9 +205,20 @@ def compile_rule(name: str, code: str) -> types.CodeType:
     return compile_metric(f"rule {name}", code)
 
 
+MAX_ACTIONS = 16  # actions of one run of a rule: a loop of set() calls is the rule's error, not a flood of commands
+
+
 def _actions(out: list[tuple[str, dict[str, Any]]], registry: Registry) -> dict[str, Any]:
     """The action functions of one run of a rule; each checks its arguments at once (a bad call is the rule's
     error) and is sent when the rule returns."""
+
+    def add(kind: str, args: dict[str, Any]) -> None:
+        if len(out) >= MAX_ACTIONS:
+            raise ProtocolError(
+                f"a rule may act at most {MAX_ACTIONS} times a run; this one tried more (nothing was sent)",
+                type="TooManyActions",
+            )
+        out.append((kind, args))
 
     def set(**values: Any) -> None:  # noqa: A001 - the name rules use
         if not values:
@@ -220,24 +231,24 @@ def _actions(out: list[tuple[str, dict[str, Any]]], registry: Registry) -> dict[
                 raise ProtocolError(
                     f"set({name}=...): no hyperparameter {name!r}; registered: {', '.join(sorted(known))}"
                 )
-        out.append((kinds.SET_HPARAM.name, args))
+        add(kinds.SET_HPARAM.name, args)
 
     def set_names() -> frozenset[str]:
         with registry.lock:
             return frozenset(registry.hparams)
 
     def pause(reason: str = "") -> None:
-        out.append((kinds.PAUSE.name, kinds.PAUSE.parse_args({"reason": reason} if reason else {})))
+        add(kinds.PAUSE.name, kinds.PAUSE.parse_args({"reason": reason} if reason else {}))
 
     def stop(reason: str = "") -> None:
-        out.append((kinds.STOP.name, kinds.STOP.parse_args({"reason": reason} if reason else {})))
+        add(kinds.STOP.name, kinds.STOP.parse_args({"reason": reason} if reason else {}))
 
     def snapshot(reason: str = "") -> None:
-        out.append((kinds.SNAPSHOT.name, kinds.SNAPSHOT.parse_args({"reason": reason} if reason else {})))
+        add(kinds.SNAPSHOT.name, kinds.SNAPSHOT.parse_args({"reason": reason} if reason else {}))
 
     def rewind(to: int | None = None, before: str | None = None) -> None:
         args = {k: v for k, v in (("to", to), ("before", before)) if v is not None}
-        out.append((kinds.REWIND.name, kinds.REWIND.parse_args(args)))
+        add(kinds.REWIND.name, kinds.REWIND.parse_args(args))
 
     return {"set": set, "pause": pause, "stop": stop, "snapshot": snapshot, "rewind": rewind}
 

@@ -73,7 +73,8 @@ def _journal_what(entry: Mapping[str, Any]) -> str:
         if entry.get("status") not in (None, "applied") and entry.get("error"):
             outcome += f": {error_line(entry['error'])}"
         return f"{short(command_label(entry), 120)}{outcome}"
-    metric = f" {entry['metric']}" if "metric" in entry else ""
+    named = entry.get("metric", entry.get("rule"))  # a metric's or a rule's error
+    metric = f" {named}" if named is not None else ""
     reason = f": {entry['reason']}" if entry.get("reason") else ""
     error = f" -> {error_line(entry['error'])}" if entry.get("error") else ""
     return f"{event}{metric}{reason}{error}"

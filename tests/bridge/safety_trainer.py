@@ -21,6 +21,7 @@ p.add_argument("--width", type=int, default=16)
 p.add_argument("--no-guard", action="store_true")
 p.add_argument("--snapshot-bytes", type=int, default=None)
 p.add_argument("--delay", type=float, default=0.005)
+p.add_argument("--budget", type=float, default=10.0)
 a = p.parse_args()
 
 torch.manual_seed(0)
@@ -31,7 +32,7 @@ optimizer = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9)
 extra = {} if a.snapshot_bytes is None else {"snapshot_bytes": a.snapshot_bytes}
 spike = [1.0]
 
-with Bridge(a.run_dir, namespace={"model": model}, guard=not a.no_guard, **extra) as bridge:
+with Bridge(a.run_dir, namespace={"model": model}, guard=not a.no_guard, hook_budget=a.budget, **extra) as bridge:
     bridge.bind_optimizer(optimizer)
     bridge.hparam("spike", 1.0, min=0.0, on_change=lambda v: spike.__setitem__(0, v))
     print("READY", flush=True)

@@ -17,6 +17,7 @@ import pytest
 
 import bidviz
 from bidviz.client import CommandRejected, Run
+from bidviz.errors import ProtocolError
 from bidviz.series import read_series
 
 TRAINER = Path(__file__).with_name("safety_trainer.py")
@@ -194,8 +195,14 @@ def test_a_rule_halves_lr_on_a_gradient_spike_once_per_cooldown(loops: Any, tmp_
     lrs = [sets[e["commands"][0]]["response"]["result"]["value"] for e in halve]
     assert lrs == pytest.approx([0.00025, 0.000125, 0.0000625])
     assert all(sets[e["commands"][0]]["status"] == "applied" for e in halve)
-    series, _ = read_series(tmp_path / "run")
-    assert [v for _, _, v in series["hparams/lr"]][-3:] == pytest.approx(lrs[-3:])
+    deadline = time.monotonic() + 20  # the writer flushes about every second
+    while True:
+        curve = [v for _, _, v in read_series(tmp_path / "run")[0].get("hparams/lr", [])]
+        steps_of_lr = any(curve[i : i + 3] == pytest.approx(lrs) for i in range(len(curve)))
+        if steps_of_lr or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert steps_of_lr, curve  # the halvings, each a step of the hparams/lr curve
     errors = [e for e in run.journal() if e.get("event") in ("rule_error", "rule_disabled") and e["rule"] == "broken"]
     assert [e["event"] for e in errors] == ["rule_error"] * 5 + ["rule_disabled"]
     assert errors[0]["error"]["type"] == "KeyError"
@@ -238,4 +245,47 @@ def test_a_metric_marked_guard_trips_the_guard(loops: Any) -> None:
     run.remove_metric("probe")
     run.resume()
     assert loop.until(lambda s: not s["paused"], "the resume")["guard"]["metrics"] == []
+    loop.end()
+
+
+HOSTILE_RULES = {
+    "exits": ("raise SystemExit(3)", "SystemExit"),
+    "interrupts": ("raise KeyboardInterrupt", "KeyboardInterrupt"),
+    "spins": ("while True:\n    pass", "MetricTimeout"),
+    "swallows": ("while True:\n    try:\n        pass\n    except Exception:\n        pass", "MetricTimeout"),
+    "floods": ("for i in range(10**6):\n    set(lr=0.01)", "ProtocolError"),
+    "nan": ("set(lr=float('nan'))", "ProtocolError"),
+    "unknown": ("set(nope=1)", "ProtocolError"),
+    "badname": ("set(**{'no such name': 1})", "ProtocolError"),
+    "rewinds": ("rewind(to=-1)", "ProtocolError"),
+    "reason": ("pause('x' * 10_000)", "ProtocolError"),
+}
+
+
+def test_hostile_rules_are_their_own_failures_and_nothing_they_tried_is_sent(loops: Any) -> None:
+    loop = loops("--no-guard", "--budget", "1")
+    run = loop.run
+    loop.until(lambda s: s.get("step") is not None, "the first step")
+    for name, (code, _) in HOSTILE_RULES.items():
+        run.rules.add(name, code)
+    state = loop.until(
+        lambda s: all(s["rules"][n]["status"] == "disabled" for n in HOSTILE_RULES), "every rule disabled", 90
+    )
+    for name, (_, error) in HOSTILE_RULES.items():
+        assert state["rules"][name]["last_error"]["type"] == error, (name, state["rules"][name]["last_error"])
+        assert state["rules"][name]["fired"] == 0
+    assert "at most 16 times a run" in state["rules"]["floods"]["last_error"]["message"]
+    assert 'File "<metric rule unknown>", line 1' in state["rules"]["unknown"]["last_error"]["traceback"]
+    journal = run.journal()
+    assert not [e for e in journal if str(e.get("sender", "")).startswith("rule:")]  # nothing was sent
+    assert state["hparams"]["lr"]["value"] == pytest.approx(0.05) and not state["paused"]
+    before = state["step"]
+    assert loop.until(lambda s: s["step"] > before + 20, "training goes on")
+    # Bad rewind arguments are refused by the kinds table before anything is sent (and by the bridge alike).
+    with pytest.raises(ProtocolError, match="not both"):
+        run.request("rewind", {"to": 3, "before": "a" * 32})
+    with pytest.raises(ProtocolError, match="32 hex digits"):
+        run.rewind(before="../../etc")
+    with pytest.raises(ProtocolError, match="integer >= 0"):
+        run.rewind(to=-5)
     loop.end()
