@@ -95,15 +95,18 @@ class Bridge:
 
     # -- the loop ---------------------------------------------------------------------------------------------------
 
-    def step(self, step: int | None = None, **context: Any) -> None:
-        """Mark a step boundary: apply pending commands and run metrics. Nearly free when there is nothing to do."""
+    def step(self, step: int | None = None, loss: Any = None, **context: Any) -> None:
+        """Mark a step boundary: apply pending commands and run metrics. Nearly free when there is nothing to do.
+
+        `loss` is a named parameter (not one of `context`) so that the divergence guard reads it without a lookup;
+        metric code sees it as `loss` all the same (None: no loss this step)."""
         self._calls += 1
-        if self._guarded:
-            loss = context.get("loss", 0.0)
-            # x - x is 0.0 (false) for every finite float and NaN (true) for NaN and both infinities
-            if loss.__class__ is not float or loss - loss or self._spiky:
-                self._see(loss, self._calls - 1 if step is None else step)  # type: ignore[misc]
+        # x - x is 0.0 (false) for every finite float and NaN (true) for NaN and both infinities
+        if self._guarded and loss is not None and (loss.__class__ is not float or loss - loss or self._spiky):
+            self._see(loss, self._calls - 1 if step is None else step)  # type: ignore[misc]
         if self._calls >= self._next_check:
+            if loss is not None:
+                context["loss"] = loss
             self._next_check = self._parts.slow_step(self._calls, step, context, self.prepare)
 
     @property
