@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bidviz import protocol
-from bidviz.channel import Mailbox, OwnerLock
+from bidviz.channel import is_url, mailbox_for
 from bidviz.errors import ChannelError, ProtocolError
 
 from .admission import Admitted
@@ -35,7 +35,7 @@ from .ranks import Ranks
 from .rate import StepRate
 from .recorder import STATE_SECONDS, Recorder, build_response
 from .registry import Control, Registry
-from .replay import Restored, last_checkpoint, read_lines, replay
+from .replay import Restored, replay
 from .runner import MetricRunner
 from .safetynet import NetOptions, SafetyNet
 
@@ -64,7 +64,7 @@ class Parts:
     ) -> None:
         from bidviz.writers import as_writer
 
-        self.run_dir = Path(run_dir)
+        self.run_dir: Any = run_dir if is_url(run_dir) else Path(run_dir)  # a URL: a run on a store (remote)
         self.ranks = Ranks.detect(rank, world, dist_timeout)
         leader = self.ranks is None or self.ranks.leader
         self.secret = secret if secret is not None else protocol.env_secret()
@@ -80,8 +80,8 @@ class Parts:
         #: on a resumed run, the last step its previous session reached (from its state.json), else None
         self.resumed_step: int | None = None
         with ExitStack() as undo:  # a constructor that fails releases everything it took
-            self.mailbox = Mailbox(self.run_dir)
-            self.owner = OwnerLock(self.mailbox)
+            self.mailbox = mailbox_for(self.run_dir)
+            self.owner = self.mailbox.owner_lock()
             if leader:  # rank 0 of a job owns the mailbox; the other ranks never touch it
                 self.mailbox.create()
                 self.owner.acquire()
@@ -180,10 +180,7 @@ class Parts:
 
     def _look_at_inbox(self) -> None:
         """Wake the mailroom when the inbox changed: a busy loop may starve it of the GIL."""
-        try:
-            mtime = os.stat(self.mailbox.inbox).st_mtime_ns
-        except OSError:
-            return
+        mtime = self.mailbox.inbox_version()
         if mtime != self._inbox_mtime and self.mailroom is not None:
             self._inbox_mtime = mtime
             self.mailroom.wake()
@@ -232,11 +229,10 @@ class Parts:
     def _replay(self, resume: bool) -> Restored:
         """Answered commands, commands cut short by a crash, tuned values and the metric set of a resumed run."""
         try:
-            wanted = {protocol.id_from_filename(n) for n in os.listdir(self.mailbox.inbox)}
+            wanted = {protocol.id_from_filename(n) for n in self.mailbox.list_inbox()}
         except OSError:
             wanted = set()
-        journal = self.mailbox.journal_path
-        restored = replay(read_lines(journal, last_checkpoint(journal)), wanted=wanted, restore=resume)
+        restored = replay(self.mailbox.journal_tail(), wanted=wanted, restore=resume)
         self.registry.overrides = dict(restored.hparams)
         for name, spec in restored.metrics.items():
             try:
@@ -283,7 +279,7 @@ class Parts:
             "v": protocol.VERSION,
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "run_dir": str(self.run_dir.resolve()),
+            "run_dir": self.run_dir if is_url(self.run_dir) else str(self.run_dir.resolve()),
             "started_at": self.started_at,
             "heartbeat": time.time(),
             "step": control.at,

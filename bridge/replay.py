@@ -8,13 +8,12 @@ does not parse or does not fit is skipped and counted, never fatal.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from bidviz import kinds
+from bidviz.mailfiles import last_checkpoint, read_lines  # noqa: F401 - re-exported: tests and tools read them here
 
 from .effects import BEHAVIOURS
 
@@ -29,50 +28,6 @@ class Restored:
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> add_metric args, status, sender
     rules: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> add_rule args, status, sender
     skipped: int = 0  # lines that did not parse or did not fit
-
-
-CHECKPOINT_MARK = b'{"event":"checkpoint"'
-_CHUNK = 1 << 16
-
-
-def last_checkpoint(path: Path) -> int:
-    """The byte offset of the journal's last checkpoint line (0 when it has none), found reading backwards."""
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        return 0
-    with f:
-        end = f.seek(0, 2)
-        tail = b""
-        while end > 0:
-            start = max(0, end - _CHUNK)
-            f.seek(start)
-            block = f.read(end - start) + tail
-            at = block.rfind(b"\n" + CHECKPOINT_MARK)
-            if at >= 0:
-                return start + at + 1
-            if start == 0 and block.startswith(CHECKPOINT_MARK):
-                return 0
-            tail = block[: len(CHECKPOINT_MARK) + 1]  # a mark cut by the chunk boundary
-            end = start
-    return 0
-
-
-def read_lines(path: Path, offset: int = 0) -> Iterator[dict[str, Any] | None]:
-    """Each line of a journal from `offset` as a dict, or None for one that does not parse (a cut line, an edit)."""
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        return
-    with f:
-        f.seek(offset)
-        for raw in f:
-            try:
-                entry = json.loads(raw)
-            except (ValueError, RecursionError):
-                yield None
-                continue
-            yield entry if isinstance(entry, dict) else None
 
 
 def replay(lines: Iterable[dict[str, Any] | None], *, wanted: set[str], restore: bool = True) -> Restored:

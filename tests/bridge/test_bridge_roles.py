@@ -208,9 +208,8 @@ def test_answered_commands_leave_the_outbox_and_tmp_leftovers_go(tmp_path, monke
             step = step_until(bridge, lambda cid=cid: mb.read_response(cid) is not None, start=step)
         assert len(list(mb.outbox.iterdir())) <= 20
         burst = [mb.send(protocol.make_command("set_hparam", {"name": "lr", "value": i / 100})) for i in range(15)]
-        step_until(bridge, lambda: all((mb.journal_path.read_text().count(c) > 0) for c in burst), start=step)
+        step_until(bridge, lambda: mb.read_response(burst[-1]) is not None, start=step)
         assert len(list(mb.outbox.iterdir())) <= 20, "a batch of answers does not push the outbox past its cap"
-        assert mb.read_response(burst[-1]) is not None
         assert list(mb.inbox.iterdir()) == []
     commands = [e for e in mb.iter_journal() if e.get("event") == "command"]
     assert len(commands) == 135, "the journal keeps every answer"
