@@ -53,18 +53,29 @@ def test_eval_now_answers_while_the_training_thread_is_stuck_in_user_code_for_5s
 
 def test_user_code_that_raises_systemexit_or_baseexception_never_stops_training(start_trainer):
     t = start_trainer("--budget", "2")
-    for name, code in [
+    raisers = [
         ("exits", "raise SystemExit(3)"),
         ("interrupts", "raise KeyboardInterrupt"),
         ("base", "class Boom(BaseException): pass\nraise Boom('x')"),
         ("gen", "raise GeneratorExit"),
-    ]:
-        assert t.call("add_metric", name=name, code=code)["status"] == "applied"
+    ]
+    for name, code in raisers:
+        # At once: the first-run check catches it, the metric stays installed, paused, and its sender is told.
+        resp = t.call("add_metric", name=name, code=code)
+        assert resp["status"] == "applied" and resp["result"]["status"] == "paused", resp
+        assert resp["result"]["first_error"]["type"] in code, resp
+        # Later, on a training step (the first run passes with its scratch state): the runner disables it.
+        late = "state['n'] = state.get('n', 0) + 1\nif state['n'] > 2:\n    " + code.replace("\n", "\n    ") + "\nreturn 1.0"
+        assert t.call("add_metric", name=f"late_{name}", code=late)["result"]["first_value"] == 1.0
+    names = [n for n, _ in raisers]
     t.wait_for(
-        lambda s: all(s["metrics"][n]["status"] == "disabled" for n in ("exits", "interrupts", "base", "gen")),
-        what="four metrics disabled",
+        lambda s: all(s["metrics"][f"late_{n}"]["status"] == "disabled" for n in names)
+        and all(s["metrics"][n]["status"] == "paused" for n in names),
+        what="four metrics paused at their first run, four disabled when they raised on a step",
     )
     state = t.state()
+    assert "SystemExit" in state["metrics"]["late_exits"]["last_error"]["message"]
+    assert "training goes on" in state["metrics"]["late_base"]["last_error"]["message"]
     assert "SystemExit" in state["metrics"]["exits"]["last_error"]["message"]
     assert "training goes on" in state["metrics"]["base"]["last_error"]["message"]
     exit_eval = t.call("eval", code="exit(4)")
@@ -86,20 +97,31 @@ def test_user_code_that_raises_systemexit_or_baseexception_never_stops_training(
     assert t.wait()[0] == 0
     again = start_trainer("--budget", "2")  # the replay does not re-install anything that ends the run
     again.wait_for(lambda s: (s["step"] or 0) > 20, what="a restarted run that keeps training")
-    restored = again.state()["metrics"]["exits"]
-    assert restored["status"] == "disabled", restored
-    assert "SystemExit" in restored["last_error"]["message"], "a resumed run still says why it was disabled"
-    assert restored["last_error"]["disabled"].startswith("disabled"), restored["last_error"]
+    restored = again.state()["metrics"]
+    assert restored["late_exits"]["status"] == "disabled", restored["late_exits"]
+    assert "SystemExit" in restored["late_exits"]["last_error"]["message"], "a resumed run still says why"
+    assert restored["late_exits"]["last_error"]["disabled"].startswith("disabled"), restored["late_exits"]
+    # A metric paused by its first run is tried again when the run resumes: it raises on a step and is disabled.
+    assert restored["exits"]["status"] == "disabled", restored["exits"]
+    assert "SystemExit" in restored["exits"]["last_error"]["message"]
 
 
 def test_a_metric_that_starts_a_thread_each_step_is_disabled(start_trainer):
+    from bidviz.bridge.runner import THREAD_STRIKES, THREADS_EVERY
+
     t = start_trainer()
-    code = "import threading, time\nthreading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n1.0"
-    t.call("add_metric", name="spawner", code=code)
+    count = "import threading\nthreading.active_count()"
+    at_start = t.call("eval", code=count)["result"]
+    code = "import threading, time\nthreading.Thread(target=time.sleep, args=(30,), daemon=True).start()\nreturn 1.0"
+    assert t.call("add_metric", name="spawner", code=code)["result"]["first_value"] == 1.0
     metric = t.wait_for(lambda s: s["metrics"]["spawner"]["status"] == "disabled", what="disabled")["metrics"]
     assert "threads" in metric["spawner"]["last_error"]["message"]
-    threads = t.call("eval", code="import threading\nthreading.active_count()")["result"]
-    assert threads < 15, threads
+    # Threads are counted every THREADS_EVERY batches, then per metric for THREAD_STRIKES runs; the first run is one.
+    leaked = t.call("eval", code=count)["result"] - at_start
+    assert 0 < leaked <= 1 + THREADS_EVERY + THREAD_STRIKES, leaked
+    step = t.state()["step"]
+    t.wait_for(lambda s: s["step"] > step + 20, what="more steps")
+    assert t.call("eval", code=count)["result"] - at_start == leaked, "a disabled metric starts no more threads"
 
 
 def test_a_directory_in_the_inbox_is_answered_moved_aside_and_later_commands_still_work(start_trainer):
