@@ -71,6 +71,7 @@ def test_the_readme_walkthrough_twice_in_a_row(tmp_path: Path) -> None:
     port = _free_port()
     env = {**os.environ, "PORT": str(port), "LOGDIR": str(tmp_path / "runs"), "INSTALL": "0"}
     env["PYTHON"] = sys.executable
+    env["TMPDIR"] = str(tmp_path)  # the demo's TensorBoard log goes there
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("BIDVIZ_SECRET", None)
     log = open(tmp_path / "demo.log", "w")  # noqa: SIM115 - the demo writes to it until the end
@@ -97,8 +98,13 @@ def test_the_readme_walkthrough_twice_in_a_row(tmp_path: Path) -> None:
             assert out.returncode == 0, (line, out.stdout, out.stderr)
         _wait(lambda: "Training ended (exit status 0)" in output(), "the demo to say training ended")
         # TensorBoard still serves the run, and the tab's data with it.
-        status, body = _get(f"http://127.0.0.1:{port}/data/plugin/bidviz/runs")
-        assert status == 200 and "digits-1" in body.decode(), body
+        # TensorBoard lists a run that appeared after it started at its next reload (every few seconds).
+        deadline = time.monotonic() + 60
+        while "digits-1" not in _get(f"http://127.0.0.1:{port}/data/plugin/bidviz/runs")[1].decode():
+            if time.monotonic() > deadline:
+                tb_log = tmp_path / "bidviz-demo-tensorboard.log"
+                pytest.fail(f"TensorBoard did not list digits-1 in 60 s; its log:\n{tb_log.read_text()[-5000:]}")
+            time.sleep(0.5)
         assert demo.poll() is None, output()
         assert "Start another run beside it" in output()
 
