@@ -108,7 +108,13 @@ class Parts:
             self.registry.on_restore_failed = self._restore_failed
             self.applier = Applier(self.runtime, self.handoff, self.answer, self.recorder.applying)
             self.net = SafetyNet(
-                self.runtime, self.handoff, self.timer, self.journal, self.mailbox.root / "snapshots", net, leader=leader
+                self.runtime,
+                self.handoff,
+                self.timer,
+                self.journal,
+                self.mailbox.root / "snapshots",
+                net,
+                leader=leader,
             )
             self.runner = MetricRunner(self.registry, self.timer, self.journal, self.ranks)
             self.lockstep = (

@@ -65,12 +65,18 @@ def test_user_code_that_raises_systemexit_or_baseexception_never_stops_training(
         assert resp["status"] == "applied" and resp["result"]["status"] == "paused", resp
         assert resp["result"]["first_error"]["type"] in code, resp
         # Later, on a training step (the first run passes with its scratch state): the runner disables it.
-        late = "state['n'] = state.get('n', 0) + 1\nif state['n'] > 2:\n    " + code.replace("\n", "\n    ") + "\nreturn 1.0"
+        late = (
+            "state['n'] = state.get('n', 0) + 1\nif state['n'] > 2:\n    "
+            + code.replace("\n", "\n    ")
+            + "\nreturn 1.0"
+        )
         assert t.call("add_metric", name=f"late_{name}", code=late)["result"]["first_value"] == 1.0
     names = [n for n, _ in raisers]
     t.wait_for(
-        lambda s: all(s["metrics"][f"late_{n}"]["status"] == "disabled" for n in names)
-        and all(s["metrics"][n]["status"] == "paused" for n in names),
+        lambda s: (
+            all(s["metrics"][f"late_{n}"]["status"] == "disabled" for n in names)
+            and all(s["metrics"][n]["status"] == "paused" for n in names)
+        ),
         what="four metrics paused at their first run, four disabled when they raised on a step",
     )
     state = t.state()

@@ -8,7 +8,8 @@ Bounds, and why:
   <= OUTBOX_MAX, 60 recent values a metric, 20 changes a hyperparameter): a few MB at most. A leak of 1 kB a
   command would show as 24 MB over the long run (12,000 commands); the short run only shows gross leaks.
 - outbox: never more than OUTBOX_MAX files (the recorder makes room before it writes a batch of answers; before
-  that fix it pruned after, and 10,006 were seen). The bridge offers no setting to lower its 1 h / 10,000 retention, so the short run
+  that fix it pruned after, and 10,006 were seen). The bridge offers no setting to lower its 1 h / 10,000
+  retention, so the short run
   checks the count equals what it answered, and the long run (12,000 commands) reaches the cap; responses are
   read as they come, since the oldest are pruned past the cap.
 - tmp/: a handful of files in flight at most, and empty once the sender stops.

@@ -129,7 +129,11 @@ def _send(run: str, kind: str, args: dict[str, Any]) -> str:
     return mailbox_for(run).send(protocol.make_command(kind, args))
 
 
-@pytest.mark.xfail(reason="open defect (issue 17): after kill -9 on an s3:// run, one command more is answered applied than the ledger shows (10 + 1); under investigation", strict=False)
+@pytest.mark.xfail(
+    reason="open defect (issue 17): after kill -9 on an s3:// run, one command more is answered applied than the "
+    "ledger shows (10 + 1); under investigation",
+    strict=False,
+)
 def test_kill9_then_resume_loses_nothing_and_applies_nothing_twice(s3: dict[str, str], tmp_path: Path) -> None:
     run = f"{_url()}/exp"
     ledger = tmp_path / "ledger"

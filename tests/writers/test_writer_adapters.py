@@ -355,6 +355,7 @@ def test_closing_the_adapter_of_a_users_event_writer_only_flushes_it(tmp_path: P
 
 def test_tf_summary_writer(tmp_path: Path) -> None:
     import tensorflow as tf  # a test extra: the adapter is tested over the real tf.summary writer
+
     tf_writer = tf.summary.create_file_writer(str(tmp_path))
     writer = as_writer(tf_writer, run_dir=tmp_path, flush_secs=0.2)
     writer.add_scalar("loss", 0.5, 1)

@@ -304,6 +304,7 @@ def test_our_writer_read_back_matches_event_accumulator(tmp_path: Path) -> None:
 
 def test_real_tf_summary_files(tmp_path: Path) -> None:
     import tensorflow as tf  # a test extra: the real writer, not a copy of its format
+
     writer = tf.summary.create_file_writer(str(tmp_path))
     with writer.as_default():
         for step in range(5):
