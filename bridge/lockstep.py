@@ -1,10 +1,12 @@
 """Lockstep: how the ranks of a distributed job meet at sync points and apply the same batch there.
 
-The leader holds back what its mailroom admitted until the next sync point; there, `Ranks.exchange` carries the
-batch to every rank, each rank admits its own copy (compiling the code again in its own process) and the applier
-runs it. A paused job pauses at a sync point on every rank and stays in lockstep: the leader sends a sync point at
-least every PAUSED_BEAT seconds (with whatever arrived), so the others wait inside a collective that never times
-out, and `resume` or `stop` reaches all of them at the same point.
+The leader holds back what its mailroom admitted until the next sync point; there, `Ranks.exchange` posts the
+batch to every rank and hands back the batch posted at the sync point before, which every rank applies now: the
+leader its own admitted items, held since, the others their own copy (parsed and compiled again in their own
+process). A paused job pauses at a sync point on every rank and stays in lockstep: the leader posts a sync point at
+least every PAUSED_BEAT seconds (at once when a command is on its way), so the others wait inside a collective
+that the beat keeps well within its timeout, and `resume` or `stop` reaches all of them at the same point. About
+every REPORT_SECONDS the ranks also tell each other their steps (state.json shows them).
 
 Followers (ranks other than 0) have no mailbox, mailroom or recorder: `Quiet` stands in for the recorder and
 `NullWriter` for the writer (rank 0 writes the job's series).
@@ -23,7 +25,7 @@ from bidviz.errors import ProtocolError
 from .admission import Admitted, admit_command
 from .applier import Applier
 from .handoff import Handoff
-from .ranks import PAUSED, STOPPING, Ranks
+from .ranks import PAUSED, REPORT, REPORT_SECONDS, STOPPING, Ranks
 from .registry import Control, Registry
 
 PAUSED_BEAT = 0.5
@@ -36,6 +38,8 @@ class Lockstep:
         self.applier = applier
         self.control = control
         self.registry = registry
+        self.held: list[Admitted] = []  # the leader's items posted at the last sync point, applied at the next
+        self._last_report = time.monotonic()
 
     def due(self, calls: int) -> bool:
         return calls >= self.ranks.next_sync
@@ -45,27 +49,46 @@ class Lockstep:
         self._meet(calls, step, prepare, self.ranks.pace(self.control.steps_per_sec))
         control = self.control
         while control.paused and not control.should_stop and not control.closed:
-            if self.ranks.leader:
+            if self.ranks.leader and not self.held:
                 self.handoff.arrived.wait(PAUSED_BEAT)
                 self.handoff.arrived.clear()
             self._meet(calls, step, None, 1)
 
     def _meet(self, calls: int, step: int, prepare: Callable[[], Any] | None, every: int) -> None:
         ranks = self.ranks
-        items: list[Admitted] = []
+        posting: list[Admitted] = []
+        flags = (PAUSED if self.control.paused else 0) | (STOPPING if self.control.should_stop else 0)
         if ranks.leader:
             while (item := self.handoff.take()) is not None:
-                items.append(item)
-        flags = (PAUSED if self.control.paused else 0) | (STOPPING if self.control.should_stop else 0)
-        batch = [{"command": i.command.to_dict(), "received_at": i.received_at} for i in items]
-        received, flags = ranks.exchange(batch, every, flags, step)
+                posting.append(item)
+            now = time.monotonic()
+            if now - self._last_report >= REPORT_SECONDS:
+                self._last_report = now
+                flags |= REPORT
+        batch = [{"command": i.command.to_dict(), "received_at": i.received_at} for i in posting]
+        try:
+            received, got_flags = ranks.exchange(batch, every, flags, step)
+        except BaseException:
+            self.handoff.put_back(self.held + posting)  # never applied: answered when the bridge closes
+            self.held = []
+            raise
         ranks.next_sync = calls + ranks.every
-        if not ranks.leader:
-            items = list(self._admit(received))
+        items, self.held = (self.held, posting) if ranks.leader else (list(self._admit(received)), [])
+        if got_flags & REPORT:
+            ranks.report_steps(step)
         if items:
             if prepare is not None:
                 prepare()
             self.applier.apply_items(items)
+
+    def close(self) -> list[Admitted]:
+        """At close: the items posted but never applied (for the leader to answer), after the last header."""
+        try:
+            self.ranks.finish()
+        except Exception:  # noqa: BLE001 - closing: a job whose group is gone has nothing left to wait for
+            pass
+        held, self.held = self.held, []
+        return held
 
     def _admit(self, received: Sequence[Mapping[str, Any]]) -> Iterable[Admitted]:
         """This rank's own copy of the leader's batch: parsed and compiled here. A command this rank cannot

@@ -301,6 +301,7 @@ class Parts:
             "watcher_error": self.mailroom.last_error if getattr(self, "mailroom", None) else None,
             "world": self.ranks.world if self.ranks is not None else 1,
             "rank_error": self.ranks.lost if self.ranks is not None else None,
+            "rank_steps": list(self.ranks.steps) if self.ranks is not None else None,
             "writer_error": str(writer_error) if writer_error else None,
             "record_error": self.recorder.error,
         }
@@ -313,11 +314,13 @@ class Parts:
         control.closed = True
         self.timer.close()
         self.now_timer.close()
+        held = self.lockstep.close() if self.lockstep is not None else []  # posted to the ranks, never applied
         if self.mailroom is None:  # another rank of a job: nothing of the mailbox is ours
             self.writer.close()
             return
         self.mailroom.stop()
         self.mailroom.scan(closing=True)
+        self.handoff.put_back(held)
         while (item := self.handoff.take()) is not None:
             err = ProtocolError(
                 f"training ended (the Bridge closed at step {control.step}) before this command was applied; "

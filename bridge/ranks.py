@@ -3,11 +3,15 @@
 Rank 0 (the leader) alone owns the mailbox: its mailroom admits, its recorder journals and answers. The transport
 between ranks is torch.distributed itself, on a gloo group of the Bridge's own (`new_group(backend="gloo")`), so
 control never touches an NCCL stream. A collective at every step would tax every step, so the ranks meet at
-*sync points*: every rank knows the call of `step()` at which the next one falls; there, one broadcast of three
-integers from the leader says how many bytes of commands follow (usually none) and the interval to the next sync
-point, chosen so that sync points are about SYNC_SECONDS apart at the leader's pace. Agreement is guaranteed, not
-probable: a command the leader admitted after a sync point waits for the next one, and no rank passes a sync
-point without the batch it carries, since the broadcast blocks until it has it.
+*sync points*: every rank knows the call of `step()` at which the next one falls.
+
+Sync points are pipelined, so that no rank waits for another at one: at sync point k every rank posts an
+asynchronous broadcast of the leader's header for k (bytes of commands that follow, interval, flags) and waits for
+the header of sync point k-1, which was posted one interval ago and has long arrived on every rank that keeps pace.
+What the leader sent at k-1 is applied by every rank at k, and the interval it carried separates k from k+1, chosen
+so that sync points are about SYNC_SECONDS apart at the leader's pace. Agreement is guaranteed, not probable: no
+rank passes sync point k without the header of k-1 and the commands it announces (the wait blocks until it has
+them), and a command the leader admitted after posting k-1 waits for k. The price is one interval of latency.
 
 A rank that dies or hangs does not wedge the others forever: the group's collectives time out (`timeout`), and
 the survivors raise `RankLost` from `step()` saying which sync point was missed.
@@ -21,9 +25,10 @@ from typing import Any
 
 from bidviz.errors import BIDVizError
 
-SYNC_SECONDS = 0.015
+SYNC_SECONDS = 0.02
+REPORT_SECONDS = 1.0  # how often the ranks tell each other their steps
 MAX_EVERY = 100_000
-PAUSED, STOPPING = 1, 2  # flags of a sync point
+PAUSED, STOPPING, REPORT = 1, 2, 4  # flags of a sync point
 
 
 class RankLost(BIDVizError, RuntimeError):
@@ -46,6 +51,8 @@ class Ranks:
         self.every = 1
         self.syncs = 0
         self.lost: str | None = None  # why the job's control is broken, for state.json
+        self.steps: list[int | None] = [None] * world  # each rank's step at the last report
+        self._posted: tuple[Any, Any, bytes] | None = None  # the header broadcast posted at the last sync point
 
     @classmethod
     def detect(cls, rank: int | None, world: int | None, timeout: float) -> Ranks | None:
@@ -74,28 +81,56 @@ class Ranks:
     # -- sync points ------------------------------------------------------------------------------------------
 
     def exchange(self, batch: list[dict[str, Any]], every: int, flags: int, step: int) -> tuple[list[Any], int]:
-        """At a sync point: the leader sends `batch` (commands as dicts), the interval to the next sync point and
-        `flags`; every rank returns the batch and the flags. Raises RankLost when a rank does not come."""
+        """At a sync point: post the leader's `batch` (commands as dicts), the interval after the NEXT sync point
+        and `flags`, and return the batch and flags the leader posted at the previous sync point, which every rank
+        applies now. Raises RankLost when a rank does not come."""
         import torch
 
-        payload = json.dumps(batch).encode() if (self.leader and batch) else b""
-        header = torch.tensor([len(payload), every, flags] if self.leader else [0, 0, 0], dtype=torch.int64)
+        received: list[Any] = []
+        got_flags = 0
         try:
-            self._dist.broadcast(header, src=0, group=self.group)
-            size, every, flags = (int(x) for x in header.tolist())
-            if size:
-                buf = (
-                    torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-                    if self.leader
-                    else torch.empty(size, dtype=torch.uint8)
-                )
-                self._dist.broadcast(buf, src=0, group=self.group)
-                batch = json.loads(bytes(buf.numpy()))
+            if self._posted is not None:
+                work, header, payload = self._posted
+                self._posted = None
+                work.wait()
+                size, got_every, got_flags = (int(x) for x in header.tolist())
+                self.every = max(1, min(got_every, MAX_EVERY))
+                if size:  # commands travel: their bytes follow, in a blocking broadcast (only then)
+                    buf = (
+                        torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+                        if self.leader
+                        else torch.empty(size, dtype=torch.uint8)
+                    )
+                    self._dist.broadcast(buf, src=0, group=self.group)
+                    received = json.loads(bytes(buf.numpy()))
+            payload = json.dumps(batch).encode() if (self.leader and batch) else b""
+            header = torch.tensor([len(payload), every, flags] if self.leader else [0, 0, 0], dtype=torch.int64)
+            self._posted = (self._dist.broadcast(header, src=0, group=self.group, async_op=True), header, payload)
         except RuntimeError as e:
             raise self._lost(step, e) from e
-        self.every = max(1, min(every, MAX_EVERY))
         self.syncs += 1
-        return (batch if size else []), flags
+        return received, got_flags
+
+    def finish(self, timeout: float = 10.0) -> None:
+        """At close: let the last posted header arrive (every rank posted it at the same sync point)."""
+        posted, self._posted = self._posted, None
+        if posted is not None:
+            try:
+                posted[0].wait(datetime.timedelta(seconds=min(timeout, self.timeout)))
+            except RuntimeError:
+                pass
+
+    def report_steps(self, step: int) -> None:
+        """Every rank's step, on every rank (`steps`): for state.json and the tab, about once a second."""
+        import torch
+
+        mine = torch.tensor([step], dtype=torch.int64)
+        out = [torch.empty(1, dtype=torch.int64) for _ in range(self.world)]
+        try:
+            self._dist.all_gather(out, mine, group=self.group)
+        except RuntimeError as e:
+            raise self._lost(step, e) from e
+        self.steps = [int(t.item()) for t in out]
 
     def gather(self, obj: Any, step: int) -> list[Any] | None:
         """Every rank's `obj` (JSON values), on the leader; None elsewhere."""

@@ -54,8 +54,8 @@ class Job:
         ]
         line = self.procs[0].stdout.readline()  # type: ignore[union-attr]
         if line.strip() != "READY":
-            self.kill()
-            raise RuntimeError(f"rank 0 did not start: {line!r} {self.procs[0].stderr.read()}")  # type: ignore[union-attr]
+            errors = self.kill()
+            raise RuntimeError(f"rank 0 did not start: {line!r} {errors[0]}")
         self.mailbox = Mailbox(run_dir)
 
     def call(self, kind: str, timeout: float = 30, **args: Any) -> dict[str, Any]:
@@ -84,11 +84,14 @@ class Job:
     def wait(self, timeout: float = 60) -> list[tuple[int, str, str]]:
         return [(p.wait(timeout), *p.communicate(timeout=timeout)) for p in self.procs]
 
-    def kill(self) -> None:
+    def kill(self) -> list[str]:
+        """Every rank killed; their stderr."""
+        errors = []
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
-            p.communicate(timeout=30)
+            errors.append(p.communicate(timeout=30)[1] if p.stderr and not p.stderr.closed else "")
+        return errors
 
 
 @pytest.fixture
