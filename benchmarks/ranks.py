@@ -3,9 +3,13 @@
     python benchmarks/ranks.py [--quick]
 
 1. Idle cost: each rank runs a loop whose step takes 1 ms or 10 ms (a sleep, as a step that waits on a GPU
-   does), with nothing pending, once without a bridge and once with `Bridge(run)` on every rank. The figure is the
-   time spent inside `bridge.step()` per step (sync points included), as a share of the step; the wall-clock
-   difference of the two loops is printed too. Targets at 4 ranks: <= 1% of a 10 ms step, <= 5% of a 1 ms step.
+   does) followed by an all-reduce of one gradient-sized tensor on the job's default group, as DDP does every step,
+   with nothing pending, once without a bridge and once with `Bridge(run)` on every rank. The figure is the time
+   spent inside `bridge.step()` per step (sync points included), as a share of the step; the wall-clock difference
+   of the two loops is printed too. Targets at 4 ranks: <= 1% of a 10 ms step, <= 5% of a 1 ms step.
+   `--free` runs the loops without the all-reduce: then nothing but the bridge keeps the ranks together, and the
+   time a fast rank spends at a sync point waiting for a slow one (up to one interval of slack) counts as the
+   bridge's, although a real job would spend it in its own all-reduce.
 2. Command latency: `set_hparam lr` commands sent from this process while a 4-rank job runs 1 ms steps, from the
    command's `sent_at` to the moment the LAST rank sees the new lr after `step()` returns. Target: p99 <= 50 ms.
 """
@@ -26,7 +30,9 @@ from pathlib import Path
 IDLE_SHARE_10MS, IDLE_SHARE_1MS, LATENCY_P99_MS = 0.01, 0.05, 50.0
 
 
-def worker(run: str, rank: int, world: int, port: int, step_ms: float, steps: int, bridge_on: bool, out: str) -> None:
+def worker(
+    run: str, rank: int, world: int, port: int, step_ms: float, steps: int, bridge_on: bool, out: str, free: bool
+) -> None:
     import datetime
 
     import torch
@@ -52,8 +58,11 @@ def worker(run: str, rank: int, world: int, port: int, step_ms: float, steps: in
     lr = opt.param_groups[0]["lr"]
     started = time.perf_counter()
     step = 0
+    grad = torch.ones(256)
     while step < steps or (steps == 0 and not (bridge and bridge.should_stop)):
         time.sleep(step_ms / 1000)
+        if not free:
+            dist.all_reduce(grad)  # the job's own per-step collective (DDP's gradient all-reduce)
         if bridge is not None:
             t0 = time.perf_counter()
             bridge.step(step)
@@ -75,7 +84,9 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_job(base: Path, world: int, step_ms: float, steps: int, bridge_on: bool) -> tuple[list[dict], list]:
+def run_job(
+    base: Path, world: int, step_ms: float, steps: int, bridge_on: bool, free: bool = False
+) -> tuple[list[dict], list]:
     run = base / f"w{world}-{step_ms}-{int(bridge_on)}-{time.monotonic_ns()}"
     run.mkdir(parents=True)
     port = _port()
@@ -94,6 +105,7 @@ def run_job(base: Path, world: int, step_ms: float, steps: int, bridge_on: bool)
                 str(steps),
                 str(int(bridge_on)),
                 str(outs[k]),
+                str(int(free)),
             ]
         )
         for k in range(world)
@@ -108,14 +120,15 @@ def _wait(procs: list[subprocess.Popen]) -> bool:
     return True
 
 
-def idle(base: Path, quick: bool) -> bool:
+def idle(base: Path, quick: bool, free: bool) -> bool:
     ok = True
-    print("1. Idle cost per step, nothing pending (time inside bridge.step(), as a share of the step)")
+    how = "no per-step collective of the job's own" if free else "each step ends in the job's all-reduce"
+    print(f"1. Idle cost per step, nothing pending (time inside bridge.step(), as a share of the step; {how})")
     for step_ms in (10.0, 1.0):
         steps = int((1.5 if quick else 4.0) * 1000 / step_ms)
         for world in (1, 2, 4):
-            plain, _ = run_job(base, world, step_ms, steps, False)
-            with_bridge, _ = run_job(base, world, step_ms, steps, True)
+            plain, _ = run_job(base, world, step_ms, steps, False, free)
+            with_bridge, _ = run_job(base, world, step_ms, steps, True, free)
             inside = max(r["inside"] / r["steps"] for r in with_bridge)
             wall = max(r["total"] / r["steps"] for r in with_bridge) - max(r["total"] / r["steps"] for r in plain)
             share = inside / (step_ms / 1000)
@@ -153,6 +166,7 @@ def latency(base: Path, quick: bool) -> bool:
                 "0",
                 "1",
                 str(outs[k]),
+                "0",
             ]
         )
         for k in range(world)
@@ -192,14 +206,15 @@ def latency(base: Path, quick: bool) -> bool:
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         a = sys.argv[2:]
-        worker(a[0], int(a[1]), int(a[2]), int(a[3]), float(a[4]), int(a[5]), a[6] == "1", a[7])
+        worker(a[0], int(a[1]), int(a[2]), int(a[3]), float(a[4]), int(a[5]), a[6] == "1", a[7], a[8] == "1")
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--free", action="store_true", help="loops without the job's own per-step all-reduce")
     opts = parser.parse_args()
-    print(f"cpus: {os.cpu_count()}  python {sys.version.split()[0]}")
+    print(f"cpus: {os.cpu_count()}  python {sys.version.split()[0]}  load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="bidviz-ranks-") as base:
-        ok = idle(Path(base), opts.quick)
+        ok = idle(Path(base), opts.quick, opts.free)
         ok &= latency(Path(base), opts.quick)
     print("Summary:", "PASS" if ok else "MISS")
     return 0 if ok else 1

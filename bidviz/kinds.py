@@ -94,8 +94,12 @@ def _reduction(value: object, what: str) -> str:
     return value  # type: ignore[return-value]
 
 
+#: which ranks of a distributed job answer an eval: rank 0, or every rank (rank -> repr)
+EVAL_RANKS = ("0", "all")
+
+
 def _ranks(value: object, what: str) -> str:
-    if value not in ("0", "all"):
+    if value not in EVAL_RANKS:
         raise ProtocolError(
             f'{what} must be "0" (rank 0 answers) or "all"; received {_short(value)}', type="InvalidArgs"
         )

@@ -79,7 +79,10 @@ class Parts:
         self._inbox_mtime = 0
         #: on a resumed run, the last step its previous session reached (from its state.json), else None
         self.resumed_step: int | None = None
+        self._told = False
         with ExitStack() as undo:  # a constructor that fails releases everything it took
+            if self.ranks is not None and leader:  # rank 0 failed to start: the others must not wait until timeout
+                undo.callback(self._tell_ranks, {"error": "rank 0's Bridge failed to start (see rank 0's error)"})
             self.mailbox = mailbox_for(self.run_dir)
             self.owner = self.mailbox.owner_lock()
             if leader:  # rank 0 of a job owns the mailbox; the other ranks never touch it
@@ -123,7 +126,8 @@ class Parts:
                 else None
             )
             self.mailroom: Mailroom | None = None
-            if not leader:
+            if self.ranks is not None and not leader:
+                self._install(self.ranks.share(None, "the restored state"))  # what the leader restored
                 undo.pop_all()
                 return
             self.mailroom = Mailroom(
@@ -138,6 +142,7 @@ class Parts:
             )
             restored = self._replay(resume)
             self.resumed_step = _last_step(self.mailbox) if resume else None
+            self._tell_ranks({"hparams": restored.hparams, "metrics": restored.metrics, "rules": restored.rules})
             self.recorder.start(restored, restore=resume)
             self.recorder.write_state()
             self.mailroom.start(restored)
@@ -239,8 +244,21 @@ class Parts:
         except OSError:
             wanted = set()
         restored = replay(self.mailbox.journal_tail(), wanted=wanted, restore=resume)
-        self.registry.overrides = dict(restored.hparams)
-        for name, spec in restored.metrics.items():
+        self._install({"hparams": restored.hparams, "metrics": restored.metrics, "rules": restored.rules})
+        return restored
+
+    def _tell_ranks(self, restored: dict[str, Any]) -> None:
+        """The leader's restored state (or why it failed to start), to the other ranks of a job: once."""
+        if self.ranks is not None and not self._told:
+            self._told = True
+            self.ranks.share(restored, "the restored state")
+
+    def _install(self, restored: dict[str, Any]) -> None:
+        """Tuned values, the metric set and the rules of a resumed run, into this rank's registry."""
+        if "error" in restored:
+            raise RuntimeError(restored["error"])
+        self.registry.overrides = dict(restored["hparams"])
+        for name, spec in restored["metrics"].items():
             try:
                 code = compile_metric(name, spec["code"])
             except (ProtocolError, RecursionError, ValueError, TypeError) as e:
@@ -252,8 +270,7 @@ class Parts:
                 continue
             self.registry.install(spec, code, spec["sender"], status=spec["status"])
         self.registry.refresh()
-        self.net.restore(restored)
-        return restored
+        self.net.restore(Restored(metrics=restored["metrics"], rules=restored["rules"]))
 
     # -- the mailroom's tick --------------------------------------------------------------------------------------
 

@@ -132,6 +132,15 @@ class Ranks:
             raise self._lost(step, e) from e
         self.steps = [int(t.item()) for t in out]
 
+    def share(self, obj: Any, what: str) -> Any:
+        """The leader's `obj` on every rank (once, at start: a pickled object, between processes of one job)."""
+        box = [obj]
+        try:
+            self._dist.broadcast_object_list(box, src=0, group=self.group)
+        except RuntimeError as e:
+            raise self._lost(0, e, f"waiting for {what}") from e
+        return box[0]
+
     def gather(self, obj: Any, step: int) -> list[Any] | None:
         """Every rank's `obj` (JSON values), on the leader; None elsewhere."""
         out: list[Any] | None = [None] * self.world if self.leader else None
@@ -153,11 +162,11 @@ class Ranks:
             raise self._lost(step, e) from e
         return [(int(t[0]), float(t[1])) for t in out]
 
-    def _lost(self, step: int, e: BaseException) -> RankLost:
+    def _lost(self, step: int, e: BaseException, where: str | None = None) -> RankLost:
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         self.lost = (
-            f"rank {self.rank} of {self.world}: a rank did not reach the sync point at step {step} within "
-            f"{self.timeout:g} s (it died or hangs): {first}"
+            f"rank {self.rank} of {self.world}: a rank did not reach "
+            f"{where or f'the sync point at step {step}'} within {self.timeout:g} s (it died or hangs): {first}"
         )
         return RankLost(self.lost + "; control of this job is lost: the job must end")
 

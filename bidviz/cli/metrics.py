@@ -68,6 +68,7 @@ def cmd_metric_add(opts: argparse.Namespace) -> int:
         "replace": opts.replace,
         "kind": opts.kind,
         **({"guard": True} if opts.guard else {}),
+        **({"reduce": opts.reduce} if opts.reduce else {}),
     }
     return send(opts, [(kinds.ADD_METRIC.name, args)], _show_metric_added)
 

@@ -158,6 +158,7 @@ def _add_metric_parsers(sub: Any, send: argparse.ArgumentParser) -> None:
         default=_arg_default(add_metric, "kind"),
         help=_arg_help(add_metric, "kind"),
     )
+    add.add_argument("--reduce", choices=kinds.REDUCTIONS, help=_arg_help(add_metric, "reduce") + " (default rank0)")
 
     for action, (kind, _) in METRIC_ACTIONS.items():
         aliases = ["remove"] if action == "rm" else []
@@ -214,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = _add_verb(sub, kinds.EVAL.verb, kinds.EVAL.help, cmd_eval, parents=[send])
     ev.add_argument("code", metavar="CODE", help=_arg_help(kinds.EVAL, "code") + "; - reads stdin")
     ev.add_argument("--now", action="store_true", help=_arg_help(kinds.EVAL, "now"))
+    ev.add_argument("--ranks", choices=kinds.EVAL_RANKS, help=_arg_help(kinds.EVAL, "ranks") + " (default 0)")
 
     for kind in (kinds.PAUSE, kinds.RESUME, kinds.STOP):
         _add_verb(sub, kind.verb, kind.help, cmd_control, parents=[send], control_kind=kind)

@@ -95,7 +95,8 @@ def _show_eval(args: Args, response: Response) -> None:
 
 def cmd_eval(opts: argparse.Namespace) -> int:
     code = sys.stdin.read() if opts.code == "-" else opts.code
-    return send(opts, [(kinds.EVAL.name, {"code": code, "now": opts.now})], _show_eval)
+    args = {"code": code, "now": opts.now, **({"ranks": opts.ranks} if opts.ranks else {})}
+    return send(opts, [(kinds.EVAL.name, args)], _show_eval)
 
 
 #: what each control kind did, as printed when it is applied

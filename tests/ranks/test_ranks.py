@@ -102,6 +102,9 @@ def jobs():
         job.kill()
 
 
+CLI: dict[str, Any] = {"check": True, "capture_output": True, "text": True, "timeout": 60}
+
+
 def first_step(log: list[dict[str, Any]], predicate) -> int:
     return next(e["step"] for e in log if predicate(e))
 
@@ -117,11 +120,13 @@ def test_every_rank_applies_each_command_at_the_same_step(jobs, tmp_path, world)
     switched = {first_step(job.log(k), lambda e: e["lr"] == 0.05) for k in range(world)}
     assert switched == {resp["step"]}, "lr switched at the same step on every rank"
 
-    resp = job.call("eval", code="rank * 10", ranks="all")
+    cli = [sys.executable, "-m", "bidviz"]
+    out = subprocess.run([*cli, "eval", str(job.run_dir), "rank * 10", "--ranks", "all", "--json"], **CLI)
+    resp = json.loads(out.stdout)
     assert resp["status"] == "applied" and resp["result"] == {str(k): repr(k * 10) for k in range(world)}, resp
     assert job.call("eval", code="rank")["result"] == 0, "rank 0 answers by default"
 
-    assert job.call("add_metric", name="r", code="float(rank)", reduce="mean")["status"] == "applied"
+    subprocess.run([*cli, "metric", "add", str(job.run_dir), "r", "float(rank)", "--reduce", "mean"], **CLI)
     assert job.call("add_metric", name="each", code="rank + 1", reduce="all")["status"] == "applied"
     assert job.call("add_metric", name="top", code="rank", reduce="max")["status"] == "applied"
     state = job.mailbox.read_state()
@@ -171,3 +176,52 @@ def test_a_rank_that_dies_is_reported_and_the_others_end_with_a_clear_error(jobs
     assert took < 30, took
     state = job.mailbox.read_state()
     assert state["rank_error"] and "did not reach the sync point" in state["rank_error"]
+
+
+def test_a_resumed_job_restores_tuned_values_and_metrics_on_every_rank(jobs, tmp_path):
+    job = jobs(tmp_path / "run", 2)
+    job.wait_steps(3)
+    assert job.call("set_hparam", name="lr", value=0.05)["status"] == "applied"
+    assert job.call("add_metric", name="r", code="float(rank)", reduce="mean")["status"] == "applied"
+    job.call("stop")
+    assert [r[0] for r in job.wait()] == [0, 0]
+    for k in range(2):
+        (tmp_path / "run" / f"rank{k}.jsonl").unlink()
+
+    again = jobs(tmp_path / "run", 2)
+    again.wait_steps(3)
+    assert [again.log(k)[0]["lr"] for k in range(2)] == [0.05, 0.05], "the tuned lr holds on every rank from step 0"
+    deadline = time.monotonic() + 20
+    while (state := again.mailbox.read_state())["metrics"].get("r", {}).get("last_value") is None:
+        assert time.monotonic() < deadline, state["metrics"]
+        time.sleep(0.1)
+    assert state["metrics"]["r"]["reduce"] == "mean"
+    assert state["metrics"]["r"]["last_value"] == pytest.approx(0.5), "rank 1 runs the restored metric too"
+    while None in (state := again.mailbox.read_state())["rank_steps"]:
+        assert time.monotonic() < deadline, state
+        time.sleep(0.1)
+    assert len(state["rank_steps"]) == 2 and all(isinstance(s, int) for s in state["rank_steps"])
+    again.call("stop")
+    assert [r[0] for r in again.wait()] == [0, 0]
+
+
+def test_when_rank_0_cannot_start_the_other_ranks_fail_at_once_saying_why(tmp_path):
+    from bidviz import Bridge
+
+    run = tmp_path / "run"
+    with Bridge(run):  # a live bridge owns the run: rank 0 of the job is refused
+        port = free_port()
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(TRAINER), str(run), "--rank", str(k), "--world", "2", "--port", str(port)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for k in range(2)
+        ]
+        started = time.monotonic()
+        outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] != [0, 0]
+    assert procs[1].returncode != 0 and "rank 0's Bridge failed to start" in outs[1][1], outs[1][1][-2000:]
+    assert time.monotonic() - started < 45, "rank 1 did not wait for its timeout"
