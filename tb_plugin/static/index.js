@@ -53,6 +53,8 @@ class App {
     this.rateText = el('span', {testid: 'run-rate'});
     this.beatText = el('span', {testid: 'run-heartbeat'});
     this.whoText = el('span', {class: 'muted'});
+    // A torch.distributed job: its world size and each rank's step, as the ranks last reported them.
+    this.ranksText = el('span', {class: 'stat', testid: 'ranks', hidden: true});
     this.banner = el('div', {class: 'banner', testid: 'banner', hidden: true});
     this.help = el(
       'div',
@@ -102,6 +104,7 @@ class App {
       el('span', {class: 'stat'}, this.rateText, ' steps/s'),
       el('span', {class: 'stat'}, 'heartbeat ', this.beatText),
       this.whoText,
+      this.ranksText,
       el('span', {class: 'spacer'}),
       this.controlMsg,
       this.pauseButton,
@@ -410,6 +413,14 @@ class App {
     this.rateText.textContent = state && typeof state.steps_per_sec === 'number' ? state.steps_per_sec.toFixed(1) : '–';
     this.beatText.textContent = state ? formatAge(data.now - state.heartbeat) : '–';
     this.whoText.textContent = state ? `pid ${state.pid} on ${state.host}` : '';
+    const world = state && Number.isInteger(state.world) ? state.world : 1;
+    this.ranksText.hidden = world < 2;
+    if (world >= 2) {
+      const steps = Array.isArray(state.rank_steps) ? state.rank_steps : [];
+      const each = steps.map((s, k) => `${k}: ${s === null || s === undefined ? '–' : formatValue(s)}`).join(', ');
+      this.ranksText.textContent = `${world} ranks` + (each ? ` (steps ${each})` : '');
+      this.ranksText.title = 'each rank\'s step, as the ranks last reported them (about once a second)';
+    }
 
     const helpText = this.help.querySelector('p');
     if (!this.runs.length) {
@@ -419,6 +430,8 @@ class App {
       this.showBanner(this.problem, 'warn');
     } else if (data && data.problem) {
       this.showBanner(data.problem, 'error');
+    } else if (state && state.rank_error) {
+      this.showBanner(`The ranks of this job lost each other: ${state.rank_error}`, 'error');
     } else if (!state) {
       this.showBanner('');
       helpText.textContent = `Run "${this.selected}" has no BIDViz bridge, so it is shown read-only (downloads work). To steer a run from here, attach a Bridge in its training script:`;
