@@ -44,15 +44,19 @@ class Lockstep:
     def due(self, calls: int) -> bool:
         return calls >= self.ranks.next_sync
 
-    def sync(self, calls: int, step: int, prepare: Callable[[], Any] | None) -> None:
-        """One sync point (and, while the job is paused, every one until it is resumed or stopped)."""
+    def sync(self, calls: int, step: int, prepare: Callable[[], Any] | None) -> bool:
+        """One sync point (and, while the job is paused, every one until it is resumed or stopped); True when the
+        job was paused at it."""
         self._meet(calls, step, prepare, self.ranks.pace(self.control.steps_per_sec))
         control = self.control
+        paused = False
         while control.paused and not control.should_stop and not control.closed:
+            paused = True
             if self.ranks.leader and not self.held:
                 self.handoff.arrived.wait(PAUSED_BEAT)
                 self.handoff.arrived.clear()
             self._meet(calls, step, None, 1)
+        return paused
 
     def _meet(self, calls: int, step: int, prepare: Callable[[], Any] | None, every: int) -> None:
         ranks = self.ranks

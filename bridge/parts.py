@@ -169,7 +169,9 @@ class Parts:
             self._look_at_inbox()
         if self.lockstep is not None:  # a distributed job: commands apply at sync points only, on every rank
             if self.lockstep.due(calls):
-                self.lockstep.sync(calls, step, prepare)
+                if self.lockstep.sync(calls, step, prepare):  # the job was paused: its pace goes on from the resume
+                    self.rate.restart()
+                    self.rate.mark(time.monotonic(), calls)
                 prepare = None
         elif self.handoff:
             if prepare is not None:
