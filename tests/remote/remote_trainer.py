@@ -1,6 +1,6 @@
 """A small training loop with a Bridge on a URL, for the remote tests. Prints READY once the Bridge is up.
 
-usage: python remote_trainer.py URL [--ledger FILE] [--steps N]
+usage: python remote_trainer.py URL [--ledger FILE] [--steps N] [--poll SECONDS] [--hook-budget SECONDS]
 `ledger` is a local file that the test's eval commands append to: a command applied twice shows there twice.
 """
 
@@ -19,9 +19,17 @@ def main() -> int:
     parser.add_argument("url")
     parser.add_argument("--ledger", default="")
     parser.add_argument("--steps", type=int, default=10_000_000)
+    parser.add_argument("--poll", type=float, default=0.2)
+    parser.add_argument("--hook-budget", type=float, default=10.0)
     opts = parser.parse_args()
     try:
-        bridge = Bridge(opts.url, namespace={"ledger": opts.ledger}, poll_interval=0.2, flush_secs=0.5)
+        bridge = Bridge(
+            opts.url,
+            namespace={"ledger": opts.ledger},
+            poll_interval=opts.poll,
+            hook_budget=opts.hook_budget,
+            flush_secs=0.5,
+        )
     except BridgeBusyError as e:
         print(f"BUSY {e}", flush=True)
         return 4
