@@ -4,6 +4,11 @@ either without knowing which.
 
 The journal is one append-only file here, fsynced at each write; `journal_tail` reads it from its last checkpoint
 line, found reading backwards.
+
+File-system events (inotify through watchdog) wake the bridge when a command arrives. On a network file system
+(NFS, SMB, sshfs and other FUSE mounts, 9p, virtiofs...) a file written by another machine raises no event here, so
+a run found on one (from /proc/self/mountinfo), or given `poll_interval=`, is served by listing the inbox every
+NETWORK_POLL_SECONDS (or `poll_interval`) instead, with no watcher at all.
 """
 
 from __future__ import annotations
@@ -24,6 +29,12 @@ from .errors import BridgeBusyError, ProtocolError, StateError
 
 CHECKPOINT_MARK = b'{"event":"checkpoint"'
 _CHUNK = 1 << 16
+NETWORK_POLL_SECONDS = 1.0  # the inbox of a run on a network file system is listed this often (one readdir each)
+#: file systems where another machine's writes raise no inotify event here (any `fuse.*` type counts too)
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "vboxsf", "ceph", "glusterfs", "lustre", "gpfs"}
+    | {"beegfs", "afs", "ocfs2", "gfs2", "davfs", "fuse"}
+)
 
 
 class JournalFile:
@@ -55,7 +66,11 @@ class BridgeFiles:
     events = True  # inbox changes raise file-system events (watchdog); False: list every rescan_seconds
 
     def rescan_seconds(self, poll_interval: float | None) -> float | None:
-        return None  # events say when to look; the mailroom's own period is its full listing now and then
+        """How often the mailroom lists the inbox instead of waiting for events: `poll_interval` when given, about
+        a second on a network file system, else None (events say when to look)."""
+        if poll_interval is not None:
+            return max(0.05, float(poll_interval))
+        return NETWORK_POLL_SECONDS if network_filesystem(self.inbox) else None
 
     def inbox_version(self) -> int:
         """Changes when the inbox does (its mtime): a cheap look from the training thread."""
@@ -208,6 +223,38 @@ class OwnerLock:
                 pass
             os.close(self._fd)  # closing drops the flock
             self._fd = None
+
+
+def network_filesystem(path: str | os.PathLike[str], mountinfo: str | None = None) -> str | None:
+    """The type of the network file system `path` is on (`nfs4`, `cifs`, `fuse.sshfs`...), or None: a local one, or
+    no way to tell (no /proc/self/mountinfo: not Linux). `mountinfo` is that file's text, read when not given."""
+    if mountinfo is None:
+        try:
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+                mountinfo = f.read()
+        except OSError:
+            return None
+    where = os.path.realpath(path)
+    best, kind = "", ""
+    for line in mountinfo.splitlines():
+        before, sep, after = line.partition(" - ")
+        fields = before.split()
+        if not sep or len(fields) < 5 or not after.split():
+            continue
+        point = _unescape(fields[4])
+        inside = where == point or where.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):  # the last of equal mount points is the one on top
+            best, kind = point, after.split()[0]
+    if kind in NETWORK_FILESYSTEMS or kind.startswith("fuse."):
+        return kind
+    return None
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path: space, tab, newline and backslash are written as octal escapes (\\040...)."""
+    for code in ("040", "011", "012", "134"):
+        field = field.replace("\\" + code, chr(int(code, 8)))
+    return field
 
 
 def _prune_dir(directory: Path, before: float, keep: Callable[[str], bool]) -> None:

@@ -1,8 +1,8 @@
-"""The mailroom: the one thread that takes command files in. It wakes on inbox events (watchdog: inotify here,
-polling where events do not work), on `wake()` from a training thread that saw the inbox change, and on a short
-timer; it reads, verifies and admits each new file, answers rejections, runs `eval` with `now`, and hands
-everything else to the training thread through the `Handoff`. Nothing it does can raise past it: whatever a file
-holds, the answer is a response naming the file.
+"""The mailroom: the one thread that takes command files in. It wakes on inbox events (watchdog: inotify here; on
+a store, a network file system or with `poll_interval` there are none, and it lists the inbox every period), on
+`wake()` from a training thread that saw the inbox change, and on a short timer; it reads, verifies and admits each
+new file, answers rejections, runs `eval` with `now`, and hands everything else to the training thread through the
+`Handoff`. Nothing it does can raise past it: whatever a file holds, the answer is a response naming the file.
 
 On a distributed job only the leader runs a mailroom (and a recorder); the applier and the metric runner run on
 every rank.
@@ -75,6 +75,10 @@ class Mailroom:
         self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._restored = Restored()
         self.last_error: str | None = None
+        # A store, a network file system or `poll_interval`: no events to wait for, a listing every period.
+        self._rescan = recorder.mailbox.rescan_seconds(poll_interval)
+        events = self._rescan is None and recorder.mailbox.events
+        self.watching = "events" if events else f"listing every {self._rescan:g}s"  # how new commands are noticed
         recorder.on_removed = self._removed
 
     def start(self, restored: Restored) -> None:
@@ -85,8 +89,8 @@ class Mailroom:
             present = set()
         for cid in [c for c in restored.interrupted if c not in present]:  # its file is gone: answer it anyway
             self._interrupted(cid, self.inbox / f"{cid}.json", restored.interrupted.pop(cid))
-        if self.recorder.mailbox.events:
-            self._observer = _observe(self.inbox, _Wake(self._wake.set), self._poll_interval)
+        if self.watching == "events":
+            self._observer = _observe(self.inbox, _Wake(self._wake.set))
         self._wake.set()  # scan once at start: commands sent while no bridge ran
         self._thread.start()
 
@@ -108,7 +112,7 @@ class Mailroom:
 
     def _run(self) -> None:
         last_scan = 0.0
-        rescan = self.recorder.mailbox.rescan_seconds(self._poll_interval) or RESCAN_SECONDS
+        rescan = self._rescan or RESCAN_SECONDS
         while not self._stop.is_set():
             woke = self._wake.wait(TICK_SECONDS)
             if self._stop.is_set():
@@ -274,18 +278,18 @@ def _Now(rt: Runtime, timer: HookTimer) -> Runtime:
     return Runtime(rt.registry, rt.control, timer)
 
 
-def _observe(inbox: Path, handler: FileSystemEventHandler, poll_interval: float | None) -> Any:
-    """A started watchdog observer of `inbox`: native events, or polling where asked or where events fail."""
+def _observe(inbox: Path, handler: FileSystemEventHandler) -> Any:
+    """A started watchdog observer of `inbox`: native events, or watchdog's polling where they fail."""
     from watchdog.observers import Observer
     from watchdog.observers.polling import PollingObserver
 
-    observer: Any = Observer() if poll_interval is None else PollingObserver(timeout=poll_interval)
+    observer: Any = Observer()
     observer.schedule(handler, str(inbox), recursive=False)
     observer.daemon = True
     try:
         observer.start()
     except OSError:  # e.g. inotify limits reached: fall back to polling rather than failing training
-        observer = PollingObserver(timeout=poll_interval or 0.5)
+        observer = PollingObserver(timeout=0.5)
         observer.schedule(handler, str(inbox), recursive=False)
         observer.daemon = True
         observer.start()

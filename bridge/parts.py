@@ -318,6 +318,7 @@ class Parts:
             **self.registry.describe(),
             **self.net.describe(),
             "watcher_error": self.mailroom.last_error if getattr(self, "mailroom", None) else None,
+            "inbox_watch": self.mailroom.watching if getattr(self, "mailroom", None) else None,
             "world": self.ranks.world if self.ranks is not None else 1,
             "rank_error": self.ranks.lost if self.ranks is not None else None,
             "rank_steps": list(self.ranks.steps) if self.ranks is not None else None,

@@ -19,14 +19,14 @@ def main() -> int:
     parser.add_argument("url")
     parser.add_argument("--ledger", default="")
     parser.add_argument("--steps", type=int, default=10_000_000)
-    parser.add_argument("--poll", type=float, default=0.2)
+    parser.add_argument("--poll", default="0.2", help="seconds, or 'none' (file-system events)")
     parser.add_argument("--hook-budget", type=float, default=10.0)
     opts = parser.parse_args()
     try:
         bridge = Bridge(
             opts.url,
             namespace={"ledger": opts.ledger},
-            poll_interval=opts.poll,
+            poll_interval=None if opts.poll == "none" else float(opts.poll),
             hook_budget=opts.hook_budget,
             flush_secs=0.5,
         )
