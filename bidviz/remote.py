@@ -96,6 +96,7 @@ class RemoteMailbox(Mailbox):
         self.journal_path = root / "journal"  # a prefix of objects here, not one file
         self._marker = str(root / "mailbox.json")
         self._lease: Lease | None = None
+        self._prefixes: set[str] = set()  # inbox names that the last listing showed as prefixes (directories)
 
     def __repr__(self) -> str:
         return f"RemoteMailbox({self.url!r})"
@@ -219,10 +220,13 @@ class RemoteMailbox(Mailbox):
         if self._lease is not None and self._lease.lost:
             raise OSError(self._lease.lost)
         try:
-            keys = self.fs.ls(str(self.inbox), detail=False, refresh=True)
+            infos = self.fs.ls(str(self.inbox), detail=True, refresh=True)
         except FileNotFoundError:
             return []
-        return [k.rsplit("/", 1)[-1] for k in keys]
+        names = [str(info["name"]).rstrip("/").rsplit("/", 1)[-1] for info in infos]
+        # A prefix with objects under it (`inbox/sub/...`, a `marker/` key) lists as a directory: never a command.
+        self._prefixes = {n for n, info in zip(names, infos, strict=True) if info.get("type") == "directory"}
+        return names
 
     def claim(self, name: str) -> PurePosixPath | None:
         """Claim `name` (create `claims/<name>` only if absent): its key, or None when its sender withdrew it. A
@@ -241,6 +245,12 @@ class RemoteMailbox(Mailbox):
 
     def read_command(self, name: str, source: Any = None) -> bytes:
         key = str(self.inbox / name)
+        if name in self._prefixes:
+            raise ProtocolError(
+                f"{name!r} is a prefix holding other objects (a directory), not a command: write each command as "
+                "one object directly under inbox/, named <milliseconds>-<32 hex id>.json",
+                type="NotAFile",
+            )
         size = self.fs.info(key, refresh=True).get("size") or 0
         if size > protocol.MAX_COMMAND_BYTES:
             raise ProtocolError(f"{name!r} is {size} bytes; the limit is {protocol.MAX_COMMAND_BYTES}", type="TooLarge")
@@ -251,7 +261,16 @@ class RemoteMailbox(Mailbox):
         return bytes(self.fs.cat_file(key, start=0, end=protocol.MAX_COMMAND_BYTES + 1))
 
     def remove_command(self, name: str) -> None:
-        self._rm(str(self.inbox / name))
+        """Take an answered command out of the inbox; a prefix (a directory) goes with every object under it."""
+        key = str(self.inbox / name)
+        if name in self._prefixes:
+            try:
+                self.fs.rm(key, recursive=True)
+            except FileNotFoundError:
+                pass
+            self._prefixes.discard(name)
+        else:
+            self._rm(key)
         self.unclaim(name)
 
     def has_response(self, command_id: str) -> bool:

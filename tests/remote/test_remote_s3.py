@@ -259,6 +259,76 @@ def test_kill9_mid_apply_answers_interrupted_and_applies_the_claimed_ones_once(
     assert _claimed(mailbox) == set()  # every claim left with its command
 
 
+def test_hostile_objects_in_the_inbox_and_concurrent_senders(s3: dict[str, str], tmp_path: Path) -> None:
+    """Whatever lands under the inbox prefix gets one answer and leaves (a prefix with objects under it, a `marker/`
+    key, an object over the size limit, one that is not JSON, a name that is not a command
+    file's), names starting with a dot are left alone, and 4 senders and the CLI at once are each answered once."""
+    run = f"{_url()}/exp"
+    ledger = tmp_path / "ledger"
+    trainer = Trainer(run, s3, ledger)
+    mailbox = mailbox_for(run)
+    fs, inbox = mailbox.fs, str(mailbox.inbox)
+    try:
+        assert trainer.wait_ready().startswith("READY")
+        huge, garbage = uuid.uuid4().hex, uuid.uuid4().hex
+        nested = f"sub/{protocol.inbox_name(uuid.uuid4().hex)}"
+        hostile = {
+            protocol.inbox_name(huge): b"{" + b" " * (8 * 1024 * 1024) + b"}",
+            protocol.inbox_name(garbage): b"{not json",
+            "hello world\u00e9.json": b"{}",
+            "x" * 900 + ".json": b"{}",
+            nested: protocol.dumps(protocol.make_command("stop", {}).to_dict()),  # a command, but one prefix too deep
+            "marker/": b"",
+            ".hidden.json": b"{}",
+            "..": b"{}",
+        }
+        for name, data in hostile.items():
+            fs.pipe_file(f"{inbox}/{name}", data)
+
+        sent: dict[str, str] = {}
+        lock = threading.Lock()
+
+        def sender(who: int) -> None:
+            for i in range(10):
+                cid = _send(run, "eval", _mark(f"s{who}-{i}"))
+                with lock:
+                    sent[cid] = f"s{who}-{i}"
+
+        threads = [threading.Thread(target=sender, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        r = cli(s3, "set", run, "lr=0.25")
+        for t in threads:
+            t.join()
+        assert r.returncode == 0, r.stderr
+        responses = {cid: mailbox.wait_response(cid, 30) for cid in sent}
+        assert mailbox.wait_response(huge, 30)["error"]["type"] == "TooLarge"  # type: ignore[index]
+        assert mailbox.wait_response(garbage, 30)["error"]["type"] == "BadJSON"  # type: ignore[index]
+
+        def left() -> list[str]:
+            return sorted(k.rsplit("/", 1)[-1] for k in fs.ls(inbox, detail=False, refresh=True))
+
+        deadline = time.monotonic() + 30
+        while left() != ["..", ".hidden.json"]:  # the rest answered and gone, the prefixes with what is under them
+            assert time.monotonic() < deadline, left()
+            time.sleep(0.2)
+        assert trainer.proc.poll() is None, "a nested stop command must not stop the run"
+        state = mailbox.read_state()
+        assert state["watcher_error"] is None and state["record_error"] is None, state  # type: ignore[index]
+        assert state["hparams"]["lr"]["value"] == 0.25  # type: ignore[index]
+    finally:
+        trainer.end()
+    _check_exactly_once(mailbox, sent, responses, ledger, kills=0)
+    refused = {
+        e["error"]["type"]: e["response"]["id"]
+        for e in mailbox.iter_journal()
+        if e.get("event") == "command" and e["status"] == "rejected"
+    }
+    assert sorted(refused) == ["BadFileName", "BadJSON", "NotAFile", "TooLarge"], refused
+    lines = [e for e in mailbox.iter_journal() if e.get("event") == "command" and e["status"] == "rejected"]
+    assert len(lines) == 6, lines  # two names (BadFileName) and two prefixes (NotAFile), one line each
+
+
 def test_lease_is_taken_over_after_its_expiry_and_the_old_bridge_stops_taking_commands(s3: dict[str, str]) -> None:
     run = f"{_url()}/exp"
     env = {**s3, "BIDVIZ_LEASE_SECONDS": "4"}
