@@ -43,6 +43,7 @@ POLL_SECONDS = 2.0  # the bridge lists the inbox this often (requests per hour: 
 LEASE_SECONDS = 30.0  # an owner lease not renewed for this long is dead; renewed every third of it
 ROLL_BYTES = 256 * 1024  # a journal object past this size is not rewritten again: the next checkpoint begins a new one
 WITHDRAWN = b"withdrawn"
+KEEP = ".keep"  # inbox/.keep: an empty object the bridge puts there, so the inbox prefix is never empty
 
 
 def lease_seconds() -> float:
@@ -113,6 +114,9 @@ class RemoteMailbox(Mailbox):
     def create(self) -> None:
         if not self.fs.exists(self._marker):
             self.fs.pipe_file(self._marker, protocol.dumps({"v": protocol.VERSION, "created_at": time.time()}))
+        # An inbox prefix with no object under it lists as missing, and s3fs then lists the parent too to tell a
+        # missing prefix from a file: this marker keeps an idle inbox at one LIST a poll.
+        self.fs.pipe_file(str(self.inbox / KEEP), b"")
 
     def check_root(self) -> None:
         """Nothing to check: on a store the bucket's permissions decide who may read and write."""
@@ -223,6 +227,7 @@ class RemoteMailbox(Mailbox):
             infos = self.fs.ls(str(self.inbox), detail=True, refresh=True)
         except FileNotFoundError:
             return []
+        infos = [info for info in infos if not str(info["name"]).endswith(f"/{KEEP}")]
         names = [str(info["name"]).rstrip("/").rsplit("/", 1)[-1] for info in infos]
         # A prefix with objects under it (`inbox/sub/...`, a `marker/` key) lists as a directory: never a command.
         self._prefixes = {n for n, info in zip(names, infos, strict=True) if info.get("type") == "directory"}
