@@ -215,6 +215,10 @@ class OwnerLock:
             "Stop that training run first, or give this one another run directory"
         )
 
+    def held(self) -> bool:
+        """Always: the kernel keeps the flock until this process dies."""
+        return True
+
     def release(self) -> None:
         if self._fd is not None:
             try:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import socket
 import threading
@@ -43,6 +44,7 @@ POLL_SECONDS = 2.0  # the bridge lists the inbox this often (requests per hour: 
 LEASE_SECONDS = 30.0  # an owner lease not renewed for this long is dead; renewed every third of it
 ROLL_BYTES = 256 * 1024  # a journal object past this size is not rewritten again: the next checkpoint begins a new one
 WITHDRAWN = b"withdrawn"
+HELD_PART = 2 / 3  # a lease not renewed for this part of its term is renewed before a command is applied or answered
 KEEP = ".keep"  # inbox/.keep: an empty object the bridge puts there, so the inbox prefix is never empty
 
 
@@ -221,8 +223,8 @@ class RemoteMailbox(Mailbox):
         return 0  # no cheap look: the mailroom's own listing finds new commands
 
     def list_inbox(self) -> list[str]:
-        if self._lease is not None and self._lease.lost:
-            raise OSError(self._lease.lost)
+        if self._lease is not None and not self._lease.held():
+            raise OSError(self._lease.lost or f"the lease on {self.url} could not be renewed: no command is taken")
         try:
             infos = self.fs.ls(str(self.inbox), detail=True, refresh=True)
         except FileNotFoundError:
@@ -275,8 +277,7 @@ class RemoteMailbox(Mailbox):
                 pass
             self._prefixes.discard(name)
         else:
-            self._rm(key)
-        self.unclaim(name)
+            self._rm(key)  # its claim goes after (`unclaim`): a sender withdrawing meanwhile finds it claimed
 
     def has_response(self, command_id: str) -> bool:
         return bool(self.fs.exists(str(self.outbox / f"{command_id}.json")))
@@ -375,6 +376,8 @@ class Lease:
         self._etag: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._renewing = threading.Lock()
+        self._renewed = -math.inf  # _clock() when the last write of the lease that succeeded began
         self._s3 = "s3" in (mailbox.fs.protocol if isinstance(mailbox.fs.protocol, tuple) else (mailbox.fs.protocol,))
 
     def _body(self) -> bytes:
@@ -392,7 +395,24 @@ class Lease:
         self._thread = threading.Thread(target=self._renew_loop, name="bidviz-lease", daemon=True)
         self._thread.start()
 
+    def held(self) -> bool:
+        """Whether this bridge may still act on the run's commands: its lease renewed within two thirds of its term
+        (renewed now if not: one conditional write) and not taken. A process frozen past its lease (a stopped job,
+        a paused VM) finds its commands taken over when it wakes: checked before each command is applied or
+        answered, so it does not apply one the new owner already answered."""
+        if self.lost is None and _clock() - self._renewed < self.seconds * HELD_PART:
+            return True
+        try:
+            self.renew()
+        except OSError:
+            return False
+        return self.lost is None and _clock() - self._renewed < self.seconds * HELD_PART
+
     def renew(self) -> None:
+        with self._renewing:
+            self._renew()
+
+    def _renew(self) -> None:
         if self.lost is None and not self._put(self._body(), self._etag):
             holder = self._current()[0] or {}
             self.lost = (
@@ -432,6 +452,7 @@ class Lease:
         """Write the lease: created if absent (`etag` None), or replacing the version `etag`. False when another
         writer came first. S3 decides atomically; elsewhere the check and the write are two steps."""
         fs = self.mailbox.fs
+        began = _clock()
         try:
             if etag is None:
                 out = fs.pipe_file(self.key, body, mode="create")
@@ -448,7 +469,14 @@ class Lease:
                 return False
             raise
         self._etag = out.get("ETag") if self._s3 and isinstance(out, dict) else _digest(body)
+        self._renewed = began
         return True
+
+
+def _clock() -> float:
+    """Seconds that go on while the process is stopped and while the machine sleeps (CLOCK_BOOTTIME on Linux)."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
 
 
 def _digest(data: bytes) -> str:

@@ -39,11 +39,19 @@ def outcome(run: Callable[[], Any]) -> Outcome:
 
 
 class Applier:
-    def __init__(self, runtime: Runtime, handoff: Handoff, answer: Answer, journal_ahead: Callable[..., None]) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        handoff: Handoff,
+        answer: Answer,
+        journal_ahead: Callable[..., None],
+        held: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.runtime = runtime
         self.handoff = handoff
         self._answer = answer
         self._journal_ahead = journal_ahead
+        self._held = held  # False: the run's owner lease is not this bridge's now (a store): apply nothing
 
     def apply_pending(self) -> None:
         """Everything handed off so far, in order."""
@@ -57,6 +65,9 @@ class Applier:
         """`batch` in order; a risky kind is journaled as `applying` right before it runs (write-ahead), so a crash
         answers Interrupted the one command it cut short, not the ones after it that never ran."""
         for n, item in enumerate(batch):
+            if not self._held():  # kept, not answered: the bridge that took the run over applies and answers them
+                self.handoff.put_back(batch[n:])
+                return
             behaviour = BEHAVIOURS[item.command.kind]
             if not behaviour.kind.idempotent:
                 self._journal_ahead([item], self.runtime.control.at)

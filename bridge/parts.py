@@ -106,10 +106,11 @@ class Parts:
             self.runtime = Runtime(self.registry, self.control, self.timer, self.ranks)
             self.handoff = Handoff()
             self.handoff.on_put = poke
-            self.recorder: Any = Recorder(self.mailbox, self.snapshot) if leader else Quiet()
+            held = self.owner.held if leader and self.ranks is None else _always
+            self.recorder: Any = Recorder(self.mailbox, self.snapshot, held) if leader else Quiet()
             undo.callback(self.recorder.close)
             self.registry.on_restore_failed = self._restore_failed
-            self.applier = Applier(self.runtime, self.handoff, self.answer, self.recorder.applying)
+            self.applier = Applier(self.runtime, self.handoff, self.answer, self.recorder.applying, held)
             self.net = SafetyNet(
                 self.runtime,
                 self.handoff,
@@ -355,6 +356,10 @@ class Parts:
         finally:
             self.recorder.write_state()
             self.owner.release()
+
+
+def _always() -> bool:
+    return True
 
 
 def _never(state: dict[str, Any]) -> None:

@@ -84,9 +84,12 @@ def journal_line(item: Admitted, response: dict[str, Any]) -> dict[str, Any]:
 class Recorder:
     """Journal, responses and state of one mailbox, written in order by one I/O thread."""
 
-    def __init__(self, mailbox: Mailbox, snapshot: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self, mailbox: Mailbox, snapshot: Callable[[], dict[str, Any]], held: Callable[[], bool] = lambda: True
+    ) -> None:
         self.mailbox = mailbox
         self._snapshot = snapshot
+        self._held = held  # False: the run's owner lease is not this bridge's now (a store): write nothing
         self._state_lock = threading.Lock()
         self._journal = mailbox.open_journal()
         self._jobs: queue.SimpleQueue[tuple[dict[str, Any], dict[str, Any] | None, Path | None] | None] = (
@@ -135,6 +138,8 @@ class Recorder:
         self._jobs.put((entry, None, None))
 
     def write_state(self) -> None:
+        if not self._held():  # the run's state is the new owner's to write
+            return
         with self._state_lock:
             self.last_state = time.monotonic()
             try:
@@ -173,6 +178,8 @@ class Recorder:
                 self._failed(f"could not journal or answer {len(batch)} record(s): {type(e).__name__}: {e}")
 
     def _write(self, batch: list[tuple[dict[str, Any], dict[str, Any] | None, Path | None]]) -> None:
+        if not self._held():  # the bridge that took the run over answers these commands from its own journal
+            raise OSError("this bridge's lease on the run was lost or could not be renewed")
         self._append([entry for entry, _, _ in batch])
         now = time.time()
         answers = sum(response is not None for _, response, _ in batch)
@@ -203,7 +210,7 @@ class Recorder:
 
     def _checkpoint(self) -> None:
         with self._journal_lock:
-            if self._since_checkpoint:
+            if self._since_checkpoint and self._held():
                 self._since_checkpoint = 0
                 self._journal.append(protocol.dumps(checkpoint(self._folded)) + b"\n", checkpoint=True)
 

@@ -363,3 +363,50 @@ def test_lease_is_taken_over_after_its_expiry_and_the_old_bridge_stops_taking_co
         first.end()
         if second is not None:
             second.end()
+
+
+def test_a_frozen_owner_whose_lease_was_taken_applies_and_answers_nothing_when_it_wakes(
+    s3: dict[str, str], tmp_path: Path
+) -> None:
+    """The first bridge is frozen (SIGSTOP) in the middle of an eval, with another command claimed and handed to its
+    training thread. Past its lease a second bridge takes the run over: it answers the first eval Interrupted and
+    applies the claimed one. When the first wakes it finishes the eval it was in, then applies nothing more, and
+    writes no answer, journal line or state over the second's: each command has one answer, each eval ran once."""
+    run = f"{_url()}/exp"
+    ledger = tmp_path / "ledger"
+    env = {**s3, "BIDVIZ_LEASE_SECONDS": "4"}
+    first = Trainer(run, env, ledger, "--hook-budget", "120")
+    mailbox = mailbox_for(run)
+    second = None
+    try:
+        assert first.wait_ready().startswith("READY")
+        slow = _send(run, "eval", _mark("slow", "import time; time.sleep(3)\n"))
+        deadline = time.monotonic() + 60
+        while "slow" not in (ledger.read_text() if ledger.exists() else ""):
+            assert time.monotonic() < deadline, "the slow eval never ran"
+            time.sleep(0.02)
+        queued = _send(run, "eval", _mark("queued"))
+        while queued not in _claimed(mailbox):
+            assert time.monotonic() < deadline, "never claimed"
+            time.sleep(0.05)
+        first.proc.send_signal(signal.SIGSTOP)
+        time.sleep(4.5)  # its lease expires
+        second = Trainer(run, env, ledger)
+        assert second.wait_ready().startswith("READY"), (second.lines, second.err)
+        assert mailbox.wait_response(slow, 30)["error"]["type"] == "Interrupted"  # type: ignore[index]
+        assert mailbox.wait_response(queued, 30)["status"] == "applied"  # type: ignore[index]
+        first.proc.send_signal(signal.SIGCONT)
+        time.sleep(5)  # it finishes the slow eval, and would apply `queued` and answer both now
+        later = _send(run, "eval", _mark("later"))
+        assert mailbox.wait_response(later, 30)["status"] == "applied"  # type: ignore[index]
+        assert mailbox.read_state()["pid"] == second.proc.pid  # type: ignore[index]
+        assert mailbox.read_response(slow)["error"]["type"] == "Interrupted"  # type: ignore[index]
+    finally:
+        first.proc.send_signal(signal.SIGCONT)
+        first.end()
+        if second is not None:
+            second.end()
+    tokens = collections.Counter(ledger.read_text().split())
+    assert tokens == {"slow": 1, "queued": 1, "later": 1}, tokens
+    lines = collections.Counter(e["id"] for e in mailbox.iter_journal() if e.get("event") == "command")
+    assert lines == {slow: 1, queued: 1, later: 1}, lines
