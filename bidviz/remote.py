@@ -84,7 +84,7 @@ def _mtime(info: Mapping[str, Any]) -> float:
 class RemoteMailbox(Mailbox):
     """The mailbox of a run at an fsspec URL; every method of `Mailbox`, through object operations."""
 
-    wait_interval = 0.25  # a client polls its response at most this often (each poll is a GET)
+    wait_interval = 0.25  # a client looks for its response at least this often (each look: a HEAD, a LIST if missing)
     events = False  # a store raises no events: the mailroom lists the inbox every rescan_seconds
 
     def __init__(self, url: str, fs: Any = None) -> None:  # noqa: D107 - no super().__init__: no local paths here
@@ -145,6 +145,11 @@ class RemoteMailbox(Mailbox):
 
     def read_state(self) -> dict[str, Any] | None:
         return self._read(self.state_path, "the bridge's state")
+
+    def wait_response(self, command_id: str, timeout: float, interval: float = 0.1) -> dict[str, Any] | None:
+        """As `Mailbox.wait_response`, from 0.1 s between looks: no bridge on a store answers sooner, and each look
+        costs requests (s3fs: a HEAD, and a LIST when the response is not there yet)."""
+        return super().wait_response(command_id, timeout, max(interval, 0.1))
 
     def read_response(self, command_id: str) -> dict[str, Any] | None:
         if not protocol.is_response_id(command_id):
