@@ -383,6 +383,7 @@ class Lease:
         self._thread: threading.Thread | None = None
         self._renewing = threading.Lock()
         self._renewed = -math.inf  # _clock() when the last write of the lease that succeeded began
+        self._tried = -math.inf  # _clock() of the last renewal `held` tried itself
         self._s3 = "s3" in (mailbox.fs.protocol if isinstance(mailbox.fs.protocol, tuple) else (mailbox.fs.protocol,))
 
     def _body(self) -> bytes:
@@ -407,6 +408,9 @@ class Lease:
         answered, so it does not apply one the new owner already answered."""
         if self.lost is None and _clock() - self._renewed < self.seconds * HELD_PART:
             return True
+        if self.lost is not None or _clock() - self._tried < 1.0:  # a store that is down: one try a second
+            return False
+        self._tried = _clock()
         try:
             self.renew()
         except OSError:
