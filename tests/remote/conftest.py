@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from remote_support import Process
 
 BUCKET = "bidviz-test"
 
@@ -49,3 +52,20 @@ def s3() -> Iterator[dict[str, str]]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture
+def start(tmp_path: Path, s3: dict[str, str]) -> Iterator[Callable[..., Process]]:
+    """Start `python *cmd` with the s3 environment and this test's own control token; ended when the test ends."""
+    env = {**s3, "XDG_CONFIG_HOME": str(tmp_path / "config")}  # this test's own control token
+    env.pop("BIDVIZ_SECRET", None)
+    started: list[Process] = []
+
+    def run(*cmd: str) -> Process:
+        p = Process([sys.executable, *cmd], tmp_path / f"proc-{len(started)}.log", env)
+        started.append(p)
+        return p
+
+    yield run
+    for p in reversed(started):
+        p.end()
