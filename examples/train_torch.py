@@ -21,6 +21,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from bidviz import Bridge
+from bidviz.channel import find_runs, is_url, mailbox_for
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,24 +45,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_dir_of(args: argparse.Namespace) -> str:
-    """The run to train: the one to resume, a new one named --run, or the next free `digits-<n>`."""
+    """The run to train: the one to resume, a new one named --run, or the next free `digits-<n>`. The log directory
+    may be a URL (`s3://bucket/runs`)."""
     if args.resume:
-        run_dir = args.resume if os.path.isdir(args.resume) else os.path.join(args.logdir, args.resume)
-        if not os.path.isdir(os.path.join(run_dir, ".bidviz")):
+        run_dir = args.resume if _is_run(args.resume) else _join(args.logdir, args.resume)
+        if not _is_run(run_dir):
             sys.exit(
                 f"--resume {args.resume}: {run_dir} is not a run (no .bidviz/ there); see `bidviz status {args.logdir}`"
             )
         return run_dir
     if args.run:
-        run_dir = os.path.join(args.logdir, args.run)
-        if os.path.exists(run_dir):
+        run_dir = _join(args.logdir, args.run)
+        if _is_run(run_dir) or os.path.exists(run_dir):
             sys.exit(f"{run_dir} exists: give --resume {run_dir} to continue it, or another --run name")
         return run_dir
     taken = [int(m.group(1)) for name in _listdir(args.logdir) if (m := re.fullmatch(r"digits-(\d+)", name))]
-    return os.path.join(args.logdir, f"digits-{max(taken, default=0) + 1}")
+    return _join(args.logdir, f"digits-{max(taken, default=0) + 1}")
+
+
+def _is_run(run_dir: str) -> bool:
+    return mailbox_for(run_dir).exists()
+
+
+def _join(logdir: str, name: str) -> str:
+    return f"{logdir.rstrip('/')}/{name}" if is_url(logdir) else os.path.join(logdir, name)
 
 
 def _listdir(path: str) -> list[str]:
+    if is_url(path):
+        return [name for name, _ in find_runs(path, event_files=True)]
     try:
         return os.listdir(path)
     except OSError:
