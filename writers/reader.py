@@ -11,8 +11,10 @@ identical message structure, with the value's fixed-width field at the very end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -40,7 +42,8 @@ class _Malformed(Exception):
 
 def read_scalars(path: PathLike) -> Series:
     """Every scalar of a run directory's event files (sorted by name; subdirectories are other runs) or of one
-    file: tag -> [(step, wall_time, value)] in file order.
+    file, local or at a URL (`s3://...`: copied to a temporary directory first): tag -> [(step, wall_time, value)] in
+    file order.
 
     A scalar is a `simple_value`, or a one-element numeric tensor (float, double, half, int32, int64) of the
     'scalars' plugin (TF2's tf.summary.scalar, flax, torch's new_style), or a 0-d numeric tensor of a tag with no
@@ -48,6 +51,9 @@ def read_scalars(path: PathLike) -> Series:
     run's files. A record cut short at the end of a file is skipped with a warning; a checksum mismatch raises
     ValueError naming the file and the byte offset.
     """
+    if _is_url(path):
+        with _local_copy(str(path)) as local:
+            return read_scalars(local)
     decoder = ScalarDecoder()
     for file in event_files(path):
         for batch in iter_record_batches(file, stacklevel=3):
@@ -122,6 +128,10 @@ class ScalarDecoder:
 
 def read_events(path: PathLike) -> Iterator[tuple[str, Any]]:
     """(file, Event proto) for every record of a run directory's event files (sorted by name) or of one file."""
+    if _is_url(path):
+        with _local_copy(str(path)) as local:
+            yield from read_events(local)
+        return
     Event = _event_class()
     for file in event_files(path):
         for offset, data in iter_records(file, stacklevel=3):
@@ -149,6 +159,36 @@ def event_files(path: PathLike) -> list[str]:
     with os.scandir(name) as entries:
         names = sorted(entry.name for entry in entries if "tfevents" in entry.name and entry.is_file())
     return [os.path.join(name, n) for n in names]
+
+
+def _is_url(path: PathLike) -> bool:
+    from bidviz.channel import is_url
+
+    return is_url(os.fspath(path))
+
+
+@contextlib.contextmanager
+def _local_copy(url: str) -> Iterator[str]:
+    """A run at a URL (`s3://bucket/runs/exp`, its own event files) or one event file there, copied into a temporary
+    directory for as long as it is read; FileNotFoundError when it has neither."""
+    from bidviz.remote import filesystem
+
+    fs, key = filesystem(url)
+    key = key.rstrip("/")
+    try:
+        infos = fs.ls(key, detail=True, refresh=True)
+    except FileNotFoundError:
+        infos = []
+    files = sorted(
+        str(i["name"]) for i in infos if i.get("type") == "file" and "tfevents" in str(i["name"]).rsplit("/", 1)[-1]
+    )
+    single = not files and "tfevents" in key.rsplit("/", 1)[-1] and fs.isfile(key)
+    if not files and not single:
+        raise FileNotFoundError(f"{url} holds no event files")
+    with tempfile.TemporaryDirectory(prefix="bidviz-read-") as local:
+        for name in [key] if single else files:
+            fs.get_file(name, os.path.join(local, name.rsplit("/", 1)[-1]))
+        yield os.path.join(local, key.rsplit("/", 1)[-1]) if single else local
 
 
 def _lead(data: bytes, file: str, offset: int) -> tuple[float, int, int]:

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from bidviz.channel import is_url
 from bidviz.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError
 from bidviz.cli.output import say, short
 from bidviz.series import Points, SeriesError, latest_session, point_dicts, read_series, to_csv
@@ -58,7 +59,7 @@ def _render(series: Mapping[str, Points], tags: Sequence[str], fmt: str) -> str:
 
 
 def cmd_export(opts: argparse.Namespace) -> int:
-    if not Path(opts.run).exists():
+    if not is_url(opts.run) and not Path(opts.run).exists():
         raise CliError(f"{opts.run} does not exist; give a run directory (or an event file)", EXIT_USAGE)
     try:
         series, warnings = read_series(opts.run)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -112,18 +111,21 @@ def test_cli_steers_a_run_on_s3_each_command_answered_once(s3: dict[str, str]) -
     assert mailbox_for(run).list_inbox() == []
     assert mailbox_for(run).liveness() == "ended"
 
-    # The events are on the store, and they hold the bridge's series.
+    # The events are on the store, and they hold the bridge's series: read back from there, and exported by the CLI.
     from bidviz.writers import read_scalars
 
     fs = mailbox_for(run).fs
     files = [k for k in fs.ls(f"{BUCKET}/{run.split('/', 3)[3]}", detail=False) if "tfevents" in k]
     assert len(files) == 1
-    local = Path(os.environ.get("TMPDIR", "/tmp")) / f"bidviz-remote-{uuid.uuid4().hex}"
-    local.mkdir()
-    fs.get_file(files[0], str(local / files[0].rsplit("/", 1)[1]))
-    scalars = read_scalars(str(local))
+    scalars = read_scalars(run)
     assert scalars["bidviz/inv"], scalars.keys()
     assert [v for _, _, v in scalars["hparams/lr"]][-1] == pytest.approx(0.01)
+    assert read_scalars(f"s3://{files[0]}") == scalars  # the event file itself
+    r = cli(s3, "export", run, "--tag", "hparams/lr", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert [p["value"] for p in json.loads(r.stdout)["hparams/lr"]] == pytest.approx([0.1, 0.01]), r.stdout
+    r = cli(s3, "export", f"{run}-none")
+    assert r.returncode == 1 and "holds no event files" in r.stderr, r.stderr
 
 
 def _send(run: str, kind: str, args: dict[str, Any]) -> str:

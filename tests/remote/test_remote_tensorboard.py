@@ -67,6 +67,9 @@ def test_tensorboard_lists_an_s3_run_shows_its_series_and_the_tab_steers_it(star
     status, inv = request(f"{url}/data/plugin/scalars/scalars?run=exp&tag=bidviz/inv")
     assert status == 200 and all(v == pytest.approx(1 / (s + 1)) for _, s, v in inv), inv[:3]
 
+    status, data = request(f"{url}{P}/data?run=exp&tag=hparams/lr&format=json")  # the tab's download
+    assert status == 200 and [p["value"] for p in data["points"]] == pytest.approx([0.1, 0.0125]), data
+
     status, journal = request(f"{url}{P}/journal?run=exp")
     kinds = [e["kind"] for e in journal["entries"] if e.get("event") == "command"]
     assert kinds == ["set_hparam", "add_metric", "eval"], journal
