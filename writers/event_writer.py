@@ -125,6 +125,11 @@ class EventWriter:
 
     def __init__(self, run_dir: str | os.PathLike[str], flush_secs: float = 1.0, filename_suffix: str = "") -> None:
         self.run_dir = os.fspath(run_dir)
+        if "://" in self.run_dir and not self.run_dir.startswith("file://"):  # else: a local folder named "s3:"
+            raise ValueError(
+                f"EventWriter writes local files; {self.run_dir!r} is a URL: use "
+                "bidviz.writers.store.StoreWriter(url) (or a Bridge on the URL, which makes one)"
+            )
         os.makedirs(self.run_dir, exist_ok=True)
         name = "events.out.tfevents.%010d.%s.%d.%d%s" % (  # noqa: UP031 -- TensorBoard's own pattern
             time.time(),

@@ -417,3 +417,12 @@ def test_every_kind_through_tensorboards_rust_data_server(rust_provider: Any) ->
     width, height, png = (provider.read_blob(ctx, blob_key=ref.blob_key) for ref in blob_datum.values)
     assert (blob_datum.step, width, height) == (7, b"3", b"2")
     assert np.asarray(Image.open(io.BytesIO(png))).shape == (2, 3)
+
+
+def test_a_url_is_refused_not_written_to_a_local_folder_named_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="StoreWriter"):
+        EventWriter("s3://bucket/runs/exp")
+    assert list(tmp_path.iterdir()) == []  # no ./s3:/bucket/runs/exp
