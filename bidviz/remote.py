@@ -163,6 +163,29 @@ class RemoteMailbox(Mailbox):
             return []
         return sorted(n for n in names if n.endswith(".jsonl"))
 
+    def journal_version(self) -> tuple[str, list[str]]:
+        """A token that changes whenever the journal does (one LIST: its objects' names and the last one's size,
+        which grows at each append), and the journal's objects in order."""
+        try:
+            infos = self.fs.ls(str(self.journal_path), detail=True, refresh=True)
+        except FileNotFoundError:
+            return "0", []
+        segments = sorted((str(i["name"]), int(i.get("size") or 0)) for i in infos if str(i["name"]).endswith(".jsonl"))
+        if not segments:
+            return "0", []
+        last, size = segments[-1]
+        return f"{len(segments)}.{last.rsplit('/', 1)[-1].split('.')[0]}.{size}", [name for name, _ in segments]
+
+    def last_entries(self, n: int, segments: list[str] | None = None) -> list[dict[str, Any]]:
+        """The journal's last `n` entries, oldest first, read from its newest objects back (not all of them)."""
+        entries: list[dict[str, Any]] = []
+        for key in reversed(self._segments() if segments is None else segments):
+            older = [e for e in _lines(b"".join(self._cat_all([key]))) if e is not None]
+            entries[:0] = older
+            if len(entries) >= n:
+                break
+        return entries[-n:]
+
     def iter_journal(self) -> Iterator[dict[str, Any]]:
         for entry in _lines(b"".join(self._cat_all(self._segments()))):
             if entry is not None:

@@ -15,7 +15,6 @@ import ast
 import json
 import os
 import time
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -202,9 +201,16 @@ class ControlPlane:
             raise PublicError(400, f"limit must be a whole number; received {_shown(limit)}") from None
         n = max(1, min(n, 10_000))
         mailbox = self._mailbox(run)
-        if is_url(mailbox.run_dir):  # a store's journal is many objects: read them all
-            entries = deque((slim_entry(e) for e in mailbox.iter_journal()), maxlen=n)
-            return {"run": run, "entries": list(entries)}
+        if is_url(mailbox.run_dir):  # a store's journal is objects: one LIST says whether it changed
+            try:
+                token, segments = mailbox.journal_version()
+                version = f"{token}-{n}"
+                if since == version:
+                    return {"run": run, "version": version, "unchanged": True}
+                entries = [slim_entry(e) for e in mailbox.last_entries(n, segments)]
+            except OSError as e:
+                raise PublicError(500, f"could not read the journal of {mailbox.run_dir}: {e}") from None
+            return {"run": run, "version": version, "entries": entries}
         version = f"{tailing.file_version(mailbox.journal_path)}-{n}"
         if since == version:
             return {"run": run, "version": version, "unchanged": True}

@@ -73,6 +73,14 @@ def test_tensorboard_lists_an_s3_run_shows_its_series_and_the_tab_steers_it(star
     status, journal = request(f"{url}{P}/journal?run=exp")
     kinds = [e["kind"] for e in journal["entries"] if e.get("event") == "command"]
     assert kinds == ["set_hparam", "add_metric", "eval"], journal
+    version = journal["version"]  # while nothing is appended, one LIST answers the tab's poll
+    assert request(f"{url}{P}/journal?run=exp&since={version}")[1] == {
+        "run": "exp",
+        "version": version,
+        "unchanged": True,
+    }
+    status, last = request(f"{url}{P}/journal?run=exp&limit=1")
+    assert [e["kind"] for e in last["entries"]] == ["eval"], last
 
     # Hostile requests: a run outside the log directory, a run TensorBoard does not list, no CSRF token.
     status, err = request(f"{url}{P}/state?run=../exp")
@@ -85,6 +93,9 @@ def test_tensorboard_lists_an_s3_run_shows_its_series_and_the_tab_steers_it(star
 
     assert send("stop", {})["status"] == "applied"
     assert trainer.proc.wait(60) == 0
+    status, after = request(f"{url}{P}/journal?run=exp&since={version}")
+    assert status == 200 and after["version"] != version, after
+    assert [e["kind"] for e in after["entries"] if e.get("event") == "command"][-1] == "stop", after
     wait_for(lambda: request(f"{url}{P}/runs")[1]["runs"][0]["live"] == "ended", "the run shown as ended", 30)
 
 
