@@ -143,6 +143,37 @@ def test_a_symlink_out_of_the_log_directory_is_refused(tmp_path: Path) -> None:
         assert r.status_code in (403, 404), r.text
 
 
+def test_runs_are_every_directory_with_event_files_or_a_mailbox(tmp_path: Path) -> None:
+    """The walk behind `GET runs`: nested runs, the log directory itself, no hidden or symlinked directory entered,
+    and each row's status read where a mailbox is (a corrupt state.json says so in its row only)."""
+    from bidviz.channel import Mailbox
+
+    logdir = tmp_path / "logs"
+    bridged_run(logdir, "a")
+    bridged_run(logdir, "a/nested")
+    with EventWriter(logdir) as w:  # the log directory's own event file: the run "."
+        w.add_scalar("x", 1.0, 0)
+    with EventWriter(logdir / "plain") as w:
+        w.add_scalar("x", 1.0, 0)
+    (logdir / "empty" / "deeper").mkdir(parents=True)  # no event file, no mailbox: not a run
+    bridged_run(logdir, ".hidden/run")  # hidden: never entered
+    bridged_run(tmp_path, "elsewhere")
+    (logdir / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # not followed
+    (logdir / "filebox").mkdir()
+    (logdir / "filebox" / ".bidviz").write_text("not a directory")  # a mailbox in name: listed, refused in its row
+    corrupt = bridged_run(logdir, "corrupt")
+    (corrupt / ".bidviz" / "state.json").write_text("{not json")
+    Mailbox(logdir / "a").write_state({"v": 1, "pid": 1, "host": "elsewhere", "heartbeat": 1.0, "step": 7})
+    rows = {r["run"]: r for r in Client(logdir).get("/api/runs").json()["runs"]}
+    assert list(rows) == [".", "a", "a/nested", "corrupt", "filebox", "plain"]
+    assert rows["a"]["step"] == 7 and rows["a"]["live"] == "stale" and rows["a"]["controllable"] is True
+    assert rows["a/nested"]["live"] == "none" and rows["a/nested"]["controllable"] is True
+    assert rows["plain"] == {**rows["plain"], "live": "none", "controllable": False, "step": None}
+    assert rows["corrupt"]["live"] == "unreadable" and "corrupt" in rows["corrupt"]["problem"]
+    assert rows["filebox"]["live"] == "unreadable" and "real directory" in rows["filebox"]["problem"]
+    assert not rows["filebox"]["controllable"] and not rows["corrupt"]["controllable"]
+
+
 # -- a real server ------------------------------------------------------------------------------------------------
 
 
