@@ -25,6 +25,14 @@ export function loadUPlot() {
   return loading;
 }
 
+// A y-axis label that tells apart the ticks of any range: uPlot's own rounds 1e-7 to "0".
+export function tick(value) {
+  if (value === null || value === undefined) return '';
+  const a = Math.abs(value);
+  if (a === 0) return '0';
+  return a < 1e-3 || a >= 1e6 ? value.toExponential(2).replace(/\.?0+e/, 'e') : String(Number(value.toPrecision(6)));
+}
+
 // TensorBoard's smoothing: a debiased exponential moving average over the finite values (gaps stay gaps).
 export function smooth(values, weight) {
   if (!weight) return values;
@@ -110,7 +118,7 @@ export class Chart {
         height: this.height,
         series,
         scales: {x: {time: false}, y: this.options.log ? {distr: 3} : {}},
-        axes: [{size: 30}, {size: 56}],
+        axes: [{size: 30}, {size: 60, values: (u, splits) => splits.map(tick)}],
         cursor: {drag: {x: true, y: false}},
         legend: {live: true},
       },
