@@ -126,6 +126,7 @@ def test_serve_draws_every_series_live_overlays_runs_and_steers_a_run(
     journal = page.get_by_test_id("journal")
     expect(journal).to_contain_text("lr 0.1 → 0.03")
     expect(journal).to_contain_text(f"{login_name()} (serve)")
+    assert journal.evaluate("t => t.parentElement.scrollWidth <= t.parentElement.clientWidth"), "cut, not scrolled"
 
     # Overlay: run b on a's charts, one line each, b's column holding b's own points.
     page.get_by_test_id("compare-runs").select_option(["b"])
@@ -139,11 +140,18 @@ def test_serve_draws_every_series_live_overlays_runs_and_steers_a_run(
     a_disk = {s: v for s, _, v in read_scalars(run_a)["train/loss"]}
     assert all(a_disk[s] == v for s, v in a_drawn)
     expect(loss_chart.locator(".u-legend")).to_contain_text("b")
-
     page.evaluate("document.activeElement.blur(); window.scrollTo(0, 0)")
     page.screenshot(path=str(tmp_path / "bidviz-serve.png"))
     if os.environ.get("BIDVIZ_SCREENSHOTS"):
         page.screenshot(path=os.path.join(os.environ["BIDVIZ_SCREENSHOTS"], "bidviz-serve.png"))
+
+    # The overlaid run selected: every series it streamed is drawn, those that no longer change included.
+    page.get_by_test_id("run-select").select_option("b")
+    expect(page.get_by_test_id("chart-hparams/lr")).to_be_visible()
+    assert assert_drawn_as_written(page, run_b, "hparams/lr") == 1
+    assert assert_drawn_as_written(page, run_b, "train/loss") >= 20
+    page.get_by_test_id("run-select").select_option("a")
+    wait_for(lambda: drawn(page, "hparams/lr")[1] == [f32(0.1), f32(0.03)], "a's lr drawn again")
 
 
 def test_serve_shows_an_ended_run_ended_with_its_controls_off(
@@ -173,3 +181,7 @@ def test_serve_shows_an_ended_run_ended_with_its_controls_off(
         expect(page.get_by_test_id(f"chart-{tag}")).to_have_attribute("data-points", str(len(on_disk[tag])))
         assert drawn(page, tag) == ([s for s, _, _ in on_disk[tag]], [v for _, _, v in on_disk[tag]]), tag
     assert [s for s, _, _ in on_disk["train/loss"]] == list(range(40))
+    # At 1,024 x 768 nothing scrolls sideways.
+    page.set_viewport_size({"width": 1024, "height": 768})
+    page.wait_for_timeout(300)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1024
