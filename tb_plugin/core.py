@@ -17,7 +17,7 @@ import os
 import stat
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -122,7 +122,7 @@ class ControlPlane:
         except Exception as e:  # a data provider hiccup must not break the tab
             raise PublicError(503, f"TensorBoard could not list its runs yet ({e}); try again in a moment") from e
 
-    def resolve(self, run: object, *, listed: Iterable[str] | None = None) -> Any:
+    def resolve(self, run: object) -> Any:
         """The directory of a listed run, strictly inside the log directory, or a PublicError saying why not."""
         if not isinstance(run, str) or not run:
             raise PublicError(400, "give the run: ?run=NAME, a run name as TensorBoard lists it")
@@ -130,9 +130,8 @@ class ControlPlane:
         if problem:
             raise PublicError(409, problem)
         _check_name(run)
-        names = self._listed() if listed is None else listed
-        if run not in names:  # a set when `runs` resolves each of many names: one lookup, not a scan
-            names = sorted(names)
+        names = self._listed()
+        if run not in names:
             shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
             raise PublicError(404, f"no run {_shown(run)} in {self.logdir}; runs: {shown or '(none yet)'}")
         where = self._run_path(run, None if _is_remote(self.logdir) else os.path.realpath(self.logdir))
@@ -169,8 +168,8 @@ class ControlPlane:
         return mailbox
 
     def runs(self) -> dict[str, Any]:
-        """Every listed run's status row: one realpath and one lexists per run, and state.json only where a
-        mailbox is (10,000 runs, one in ten with a bridge, in about 0.2 s)."""
+        """Every listed run's status row, in one pass: per run an lstat per part of its name and one for its
+        mailbox, and state.json read only where a mailbox is (10,000 runs, one in ten with a bridge: ~0.45 s)."""
         problem = self.control_problem()
         names = self._listed()
         rows = []
