@@ -174,6 +174,47 @@ def test_runs_are_every_directory_with_event_files_or_a_mailbox(tmp_path: Path) 
     assert not rows["filebox"]["controllable"] and not rows["corrupt"]["controllable"]
 
 
+def test_a_client_that_stops_reading_is_dropped_not_buffered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One run's feed with two clients while its event file grows: the one that never reads is dropped once its
+    queue is full (told so when it reads again, its stream then ends), the other keeps receiving every point."""
+    import asyncio
+
+    from bidviz.tb_plugin import live
+
+    monkeypatch.setattr(live, "QUEUE_MAX", 16)
+    run = bridged_run(tmp_path)
+    writer = EventWriter(run, flush_secs=0)
+
+    async def follow() -> None:
+        feed = live.Hub().feed("exp", run)
+        stalled, reader = await feed.subscribe(), await feed.subscribe()
+        steps: list[int] = []
+
+        async def read() -> None:
+            async for frame in reader.frames():
+                if frame.startswith(b"event: scalars"):
+                    steps.extend(p[0] for p in json.loads(frame.split(b"data: ", 1)[1])["points"].get("loss", []))
+
+        task = asyncio.get_running_loop().create_task(read())
+        step = 5
+        while not (stalled.dropped and step > 5 + 3 * live.QUEUE_MAX):
+            writer.add_scalar("loss", 0.5, step)
+            step += 1
+            await asyncio.sleep(live.INTERVAL * 1.5)  # about a look each: one event per point
+            assert step < 5 + 50 * live.QUEUE_MAX, "the client that does not read was never dropped"
+        assert stalled not in feed.clients and stalled.queue.qsize() == 1  # bounded: only the end of its stream
+        frames = [frame async for frame in stalled.frames()]
+        assert len(frames) == 1 and frames[0].startswith(b"event: dropped")
+        while not steps or steps[-1] < step - 1:
+            await asyncio.sleep(live.INTERVAL)
+        assert steps == list(range(step)), "the reading client got every point, in order"
+        task.cancel()
+        feed.unsubscribe(reader)
+
+    asyncio.run(asyncio.wait_for(follow(), 60))
+    writer.close()
+
+
 # -- a real server ------------------------------------------------------------------------------------------------
 
 
