@@ -1,9 +1,10 @@
 """`bidviz serve` live latency, measured in real Chromium: from the moment training logs a value (the event's wall
 time) to the moment the page has drawn it in its chart.
 
-    python benchmarks/serve_latency.py [--seconds 20] [--flush 1.0 0.05] [--clients 50]
+    python benchmarks/serve_latency.py [--seconds 15] [--flush default 1.0] [--clients 50] [--runs 1000]
 
-A training process (a Bridge, one metric `value` per step every 20 ms, `Bridge(flush_secs=F)` for each F given) and
+A training process (a Bridge, one metric `value` per step every 20 ms, at the Bridge's defaults, then
+`Bridge(flush_secs=F)` for each other F given) and
 `bidviz serve` run on loopback; headless Chromium (/usr/bin/chromium) opens the page and records when each
 series' newest point was drawn (`window.bidvizDrawn`). A value's latency is the first draw of a step >= its own,
 minus its wall time in the event file. Then `--clients` raw SSE clients follow the same run while the browser
@@ -35,8 +36,8 @@ TRAINER = textwrap.dedent(
     """
     import sys, time
     from bidviz import Bridge
-    run, flush, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-    with Bridge(run, flush_secs=flush) as bridge:
+    run, flush, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    with Bridge(run, **({} if flush == "default" else {"flush_secs": float(flush)})) as bridge:
         bridge.add_metric("value", "step * 1.0")
         end = time.time() + seconds
         step = 0
@@ -122,7 +123,7 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else float("nan")
 
 
-def measure(base: Path, flush: float, seconds: float, clients: int) -> None:
+def measure(base: Path, flush: str, seconds: float, clients: int) -> None:
     logdir = base / f"flush-{flush}"
     run = logdir / "run"
     run.mkdir(parents=True)
@@ -141,7 +142,7 @@ def measure(base: Path, flush: float, seconds: float, clients: int) -> None:
         time.sleep(2)
         lat = latencies(run, asyncio.run(browse(url, seconds)))
         print(
-            f"flush_secs={flush:<5} 1 browser : {len(lat)} values, latency p50 {pct(lat, 50):7.1f} ms, "
+            f"flush_secs={flush:<7} 1 browser : {len(lat)} values, latency p50 {pct(lat, 50):7.1f} ms, "
             f"p95 {pct(lat, 95):7.1f} ms (target {P50_MS:.0f} / {P95_MS:.0f})"
         )
         if clients:
@@ -156,7 +157,7 @@ def measure(base: Path, flush: float, seconds: float, clients: int) -> None:
             newest = max(last.values(), default=-1)
             behind = sum(1 for i in range(clients) if last.get(i, -1) < newest - 50)
             print(
-                f"flush_secs={flush:<5} +{clients} SSE: {len(lat)} values, latency p50 {pct(lat, 50):7.1f} ms, "
+                f"flush_secs={flush:<7} +{clients} SSE: {len(lat)} values, latency p50 {pct(lat, 50):7.1f} ms, "
                 f"p95 {pct(lat, 95):7.1f} ms; clients more than 50 steps behind: {behind}"
             )
     finally:
@@ -193,7 +194,9 @@ def list_runs(base: Path, n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--flush", type=float, nargs="+", default=[1.0, 0.05])
+    parser.add_argument(
+        "--flush", nargs="+", default=["default"], help="flush_secs values of the Bridge ('default': not given)"
+    )
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--runs", type=int, default=1000)
     opts = parser.parse_args()

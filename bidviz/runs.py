@@ -14,7 +14,7 @@ from bidviz import kinds
 from bidviz.channel import Mailbox, heartbeat, pid_alive
 from bidviz.errors import ChannelError, ProtocolError
 
-__all__ = ["UNREADABLE", "bridge_process_alive", "command_label", "ended", "status_row"]
+__all__ = ["UNREADABLE", "bridge_process_alive", "command_label", "ended", "no_status", "status_row"]
 
 #: the `live` value of a run whose mailbox or state.json cannot be read (its row's `problem` says why)
 UNREADABLE = "unreadable"
@@ -26,12 +26,9 @@ def _number(value: Any) -> int | float | None:
     return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
-def status_row(mailbox: Mailbox, *, now: float | None = None) -> dict[str, Any]:
-    """One run's status from its state.json: `live` ('live', 'stale', 'ended', 'none', or 'unreadable' with a
-    `problem` saying why), `step`, `steps_per_sec`, `heartbeat`, `heartbeat_age` (seconds), `paused`, `pid`,
-    `host`. Whatever the file holds, each value is of the documented type or None."""
-    now = time.time() if now is None else now
-    row: dict[str, Any] = {
+def no_status() -> dict[str, Any]:
+    """The status row of a run without a bridge (no mailbox, or no state.json yet)."""
+    return {
         "live": "none",
         "step": None,
         "steps_per_sec": None,
@@ -42,6 +39,14 @@ def status_row(mailbox: Mailbox, *, now: float | None = None) -> dict[str, Any]:
         "host": None,
         "guard": None,
     }
+
+
+def status_row(mailbox: Mailbox, *, now: float | None = None) -> dict[str, Any]:
+    """One run's status from its state.json: `live` ('live', 'stale', 'ended', 'none', or 'unreadable' with a
+    `problem` saying why), `step`, `steps_per_sec`, `heartbeat`, `heartbeat_age` (seconds), `paused`, `pid`,
+    `host`. Whatever the file holds, each value is of the documented type or None."""
+    now = time.time() if now is None else now
+    row = no_status()
     try:
         mailbox.check_root()
         state = mailbox.read_state()

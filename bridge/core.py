@@ -38,6 +38,10 @@ class Bridge:
     `step()` is NaN or infinite, or above `guard_spike` times its recent median; `snapshots` are taken before every
     hyperparameter change and on `snapshot`, kept in CPU memory within `snapshot_count` and `snapshot_bytes` (or
     spilled to `.bidviz/snapshots/` with `snapshot_spill`), and restored by `rewind`.
+
+    `flush_secs`: the longest a logged value waits in memory before it reaches the event file (`parts.flush_cadence`:
+    by default 0.1 s for a local run, so `bidviz serve` draws it within about 0.15 s, and 1 s on a store, where
+    each flush is an upload). The writer's own thread flushes, never `step()`.
     """
 
     def __init__(
@@ -50,7 +54,7 @@ class Bridge:
         resume: bool = True,
         poll_interval: float | None = None,
         hook_budget: float = 10.0,
-        flush_secs: float = 1.0,
+        flush_secs: float | None = None,
         rank: int | None = None,
         world: int | None = None,
         dist_timeout: float = 300.0,
@@ -84,7 +88,7 @@ class Bridge:
             net=NetOptions(guard, guard_spike, snapshots, snapshot_bytes, snapshot_count, snapshot_spill),
         )  # raises after releasing whatever it took
         self.run_dir, self.mailbox, self.writer = parts.run_dir, parts.mailbox, parts.writer
-        self.secret, self.hook_budget, self.flush_secs = parts.secret, hook_budget, flush_secs
+        self.secret, self.hook_budget, self.flush_secs = parts.secret, hook_budget, parts.flush_secs
         self.namespace: dict[str, Any] = parts.namespace
         self.hparams: Mapping[str, Any] = parts.registry.view
         self._control = parts.control

@@ -240,8 +240,10 @@ def rescale_scheduler(scheduler: Any, group: int, old: float, new: float) -> Non
     """Make a set `lr` survive the scheduler's next step: scale what it computes lr from by new/old.
 
     Chainable schedulers read the group's lr and need nothing; closed-form ones (LambdaLR, CosineAnnealingLR,
-    OneCycleLR, CyclicLR...) recompute from `base_lrs` or from values kept in the param group.
+    OneCycleLR, CyclicLR...) recompute from `base_lrs` or from values kept in the param group. A wrapper that keeps
+    the torch scheduler in `.scheduler` (Accelerate's `AcceleratedScheduler`) is looked through.
     """
+    scheduler = _unwrap_scheduler(scheduler)
     ratio = new / old if old else None
 
     def scaled(x: float) -> float:
@@ -266,3 +268,11 @@ def rescale_scheduler(scheduler: Any, group: int, old: float, new: float) -> Non
         for k in ("initial_lr", "max_lr", "min_lr"):
             if isinstance(pg.get(k), (int, float)):
                 pg[k] = scaled(pg[k])
+
+
+def _unwrap_scheduler(scheduler: Any) -> Any:
+    """The torch scheduler inside a wrapper that keeps it in `.scheduler` (Accelerate's `AcceleratedScheduler`, which
+    has no `base_lrs` nor `optimizer` of its own), else `scheduler` itself."""
+    while (inner := getattr(scheduler, "scheduler", None)) is not None and hasattr(inner, "get_last_lr"):
+        scheduler = inner
+    return scheduler

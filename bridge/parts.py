@@ -40,6 +40,20 @@ from .runner import MetricRunner
 from .safetynet import NetOptions, SafetyNet
 
 HEARTBEAT_SECONDS = 1.0
+#: the default `flush_secs` of a local run: a value logged at a step is in the event file within this, for a live
+#: server to push (a flush is one write from the writer's thread, at most 10 a second, however many values)
+LOCAL_FLUSH_SECONDS = 0.1
+#: and of a run on a store, where a flush uploads the event file (one PUT): at most one a second
+STORE_FLUSH_SECONDS = 1.0
+
+
+def flush_cadence(run_dir: Any, flush_secs: float | None) -> float:
+    """`flush_secs` as given, or the default for where the run lives (local: LOCAL_FLUSH_SECONDS, store: STORE_)."""
+    if flush_secs is not None:
+        return float(flush_secs)
+    return STORE_FLUSH_SECONDS if is_url(run_dir) else LOCAL_FLUSH_SECONDS
+
+
 CHECK_SECONDS = 0.01
 
 
@@ -56,7 +70,7 @@ class Parts:
         resume: bool,
         poll_interval: float | None,
         hook_budget: float,
-        flush_secs: float,
+        flush_secs: float | None,
         rank: int | None = None,
         world: int | None = None,
         dist_timeout: float = 300.0,
@@ -68,7 +82,7 @@ class Parts:
         self.ranks = Ranks.detect(rank, world, dist_timeout)
         leader = self.ranks is None or self.ranks.leader
         self.secret = secret if secret is not None else protocol.env_secret()
-        self.flush_secs = flush_secs
+        self.flush_secs = flush_secs = flush_cadence(run_dir, flush_secs)
         self.hook_budget = hook_budget
         self.started_at = time.time()
         self.poke = poke

@@ -226,7 +226,8 @@ _FAILED, _VALUE, _NONE = 0, 1, 2
 
 
 def _threads() -> int:
-    """Threads that are not the bridge's own nor a writer's flush timer (one starts per flush cycle)."""
+    """Threads that are not the bridge's own (`bidviz-*`, the writers' flushers included) nor a `threading.Timer`
+    (a flush timer of some other library's writer)."""
     return sum(
         1 for t in threading.enumerate() if not t.name.startswith("bidviz") and not isinstance(t, threading.Timer)
     )

@@ -1,7 +1,10 @@
 """JAX + optax on the CPU, logged with bidviz's EventWriter: no TensorFlow, no torch, no tensorboard needed.
+With `--writer flax` the same series go through Flax's `flax.metrics.tensorboard.SummaryWriter` (TensorFlow's
+`tf.summary` underneath) instead, as many JAX projects log; both runs read back the same way.
 
     python examples/jax_logging.py                       # a few seconds; the run goes to runs/jax-<time>
     python examples/jax_logging.py --steps 5000 --logdir /tmp/runs
+    python examples/jax_logging.py --writer flax         # needs flax and tensorflow
     tensorboard --logdir runs                            # then open http://localhost:6006
 
 A small MLP learns y = sin(3x) + noise. Every step writes the loss and the learning rate (a scalar each, through
@@ -24,6 +27,33 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from bidviz.writers import EventWriter  # noqa: E402
+
+
+class FlaxWriter:
+    """The calls this example makes, through `flax.metrics.tensorboard.SummaryWriter`."""
+
+    def __init__(self, run_dir: str) -> None:
+        from flax.metrics.tensorboard import SummaryWriter  # imports TensorFlow
+
+        self.writer = SummaryWriter(run_dir, auto_flush=False)  # auto_flush would flush after every value
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.scalar(tag, value, step)
+
+    def add_histogram(self, tag: str, values: np.ndarray, step: int) -> None:
+        self.writer.histogram(tag, values, step)
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        self.writer.text(tag, text, step)
+
+    def add_hparams(self, hparams: dict[str, object], metrics: list[str]) -> None:
+        self.writer.hparams(hparams)  # Flax logs the values only; TensorBoard finds the metrics by itself
+
+    def __enter__(self) -> FlaxWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.writer.close()
 
 
 def init_params(key: jax.Array, sizes: list[int]) -> list[tuple[jax.Array, jax.Array]]:
@@ -51,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", default=None, help="the run's name (default jax-<time>)")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--lr", type=float, default=3e-2)
+    parser.add_argument("--writer", choices=["bidviz", "flax"], default="bidviz", help="bidviz's EventWriter or Flax's")
     opts = parser.parse_args(argv)
 
     run_dir = os.path.join(opts.logdir, opts.run or time.strftime("jax-%Y%m%d-%H%M%S"))
@@ -73,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     evaluate = jax.jit(loss_fn)
     start = time.perf_counter()
-    with EventWriter(run_dir) as writer:
+    with EventWriter(run_dir) if opts.writer == "bidviz" else FlaxWriter(run_dir) as writer:
         writer.add_hparams(
             {"lr": opts.lr, "optimizer": "adam", "schedule": "cosine", "hidden": 32, "steps": opts.steps},
             ["train/loss", "eval/loss"],

@@ -5,6 +5,8 @@ tensorflow).
     bidviz set runs/keras lr=0.01                                          # from another terminal
 
 With --schedule the optimizer gets an ExponentialDecay schedule; `lr` stays settable (BIDViz scales the schedule).
+With --tensorboard Keras's own `keras.callbacks.TensorBoard` logs too (into runs/keras/train), and the bridge joins
+that run: Keras's series (`batch_loss`, `epoch_learning_rate`...) and BIDViz's side by side.
 Nothing is downloaded: the digits ship with scikit-learn.
 """
 
@@ -39,6 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--schedule", action="store_true", help="decay lr with keras' ExponentialDecay (still settable)")
     p.add_argument("--steps-per-execution", type=int, default=1, help="train steps per compiled call (Keras' setting)")
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also log with keras.callbacks.TensorBoard(<logdir>/<run>); the bridge then joins its run <run>/train",
+    )
     p.add_argument("--quiet", action="store_true", help="do not print the commands to try")
     return p.parse_args(argv)
 
@@ -78,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         steps_per_execution=args.steps_per_execution,
     )
     run_dir = os.path.join(args.logdir, args.run)
+    if args.tensorboard:  # Keras writes its training series to <log_dir>/train: the bridge writes into that run
+        run_dir = os.path.join(run_dir, "train")
 
     def set_dropout(p: float) -> None:
         model.get_layer("drop").rate = p
@@ -89,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             hparams={"dropout": {"value": 0.1, "min": 0.0, "max": 0.9, "on_change": set_dropout}},
         )
     ]
+    if args.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.dirname(run_dir), update_freq="batch"))
     if args.delay > 0:
         callbacks.append(Delay(args.delay))
     steps_per_epoch = math.ceil(N_TRAIN / BATCH)

@@ -14,16 +14,17 @@ from __future__ import annotations
 import ast
 import json
 import os
+import stat
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from bidviz import kinds, protocol, tailing
-from bidviz.channel import Mailbox, find_runs, is_url, mailbox_for
+from bidviz.channel import DIRNAME, Mailbox, is_url, mailbox_for, run_names
 from bidviz.errors import ChannelError, PublicError
 from bidviz.outcomes import outcome, who
-from bidviz.runs import command_label, ended, status_row
+from bidviz.runs import command_label, ended, no_status, status_row
 from bidviz.series import Points, SeriesError, point_dicts, read_series, to_csv
 from bidviz.tb_plugin.downloads import Downloads
 
@@ -51,7 +52,7 @@ class DirectoryRuns:
         self.logdir = Path(logdir)
 
     def run_names(self) -> list[str]:
-        return [name for name, _ in find_runs(self.logdir, event_files=True)]
+        return run_names(self.logdir, event_files=True)
 
     def scalar_tags(self, run: str) -> None:
         return None
@@ -120,31 +121,30 @@ class ControlPlane:
         except Exception as e:  # a data provider hiccup must not break the tab
             raise PublicError(503, f"TensorBoard could not list its runs yet ({e}); try again in a moment") from e
 
-    def resolve(self, run: object, *, listed: Iterable[str] | None = None) -> Any:
+    def resolve(self, run: object) -> Any:
         """The directory of a listed run, strictly inside the log directory, or a PublicError saying why not."""
         if not isinstance(run, str) or not run:
             raise PublicError(400, "give the run: ?run=NAME, a run name as TensorBoard lists it")
         problem = self.control_problem()
         if problem:
             raise PublicError(409, problem)
-        try:
-            run.encode("utf-8")
-        except UnicodeEncodeError:
-            raise PublicError(400, f"run {_shown(run)} refused: a run name is valid Unicode text") from None
-        if "\x00" in run or os.path.isabs(run) or run.startswith(("/", "\\")) or ".." in Path(run).parts:
-            raise PublicError(400, f"run {_shown(run)} refused: a run is a relative name inside the log directory")
-        names = self._listed() if listed is None else listed
-        if run not in names:  # a set when `runs` resolves each of many names: one lookup, not a scan
-            names = sorted(names)
+        _check_name(run)
+        names = self._listed()
+        if run not in names:
             shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
             raise PublicError(404, f"no run {_shown(run)} in {self.logdir}; runs: {shown or '(none yet)'}")
-        if _is_remote(self.logdir):
+        where = self._run_path(run, None if _is_remote(self.logdir) else os.path.realpath(self.logdir))
+        return where if _is_remote(self.logdir) else Path(where)
+
+    def _run_path(self, run: str, root: str | None) -> str:
+        """Where a run whose name passed `_check_name` lives: a URL on a store (`root` None), else its real path,
+        refused when it resolves outside `root` (the log directory's real path)."""
+        if root is None:
             return self.logdir.rstrip("/") + ("" if run == "." else "/" + run)  # a URL: a run on the store
-        root = os.path.realpath(self.logdir)
-        path = os.path.realpath(os.path.join(root, run))
-        if os.path.commonpath([root, path]) != root:
+        path = _real_path_under(root, run)
+        if path != root and not path.startswith(root.rstrip(os.sep) + os.sep):
             raise PublicError(403, f"run {_shown(run)} refused: it resolves outside the log directory (a symlink?)")
-        return Path(path)
+        return path
 
     def _mailbox(self, run: object, *, write: bool = False) -> Mailbox:
         mailbox = mailbox_for(self.resolve(run))
@@ -167,23 +167,30 @@ class ControlPlane:
         return mailbox
 
     def runs(self) -> dict[str, Any]:
+        """Every listed run's status row, in one pass: per run an lstat per part of its name and one for its
+        mailbox, and state.json read only where a mailbox is (10,000 runs, one in ten with a bridge: ~0.45 s)."""
         problem = self.control_problem()
         names = self._listed()
-        listed = frozenset(names)
         rows = []
         now = time.time()
+        root = None if problem or _is_remote(self.logdir) else os.path.realpath(self.logdir)
         for name in names:
             row: dict[str, Any] = {"run": name, "live": "none", "controllable": False}
-            if problem is None:
-                try:
-                    mailbox = mailbox_for(self.resolve(name, listed=listed))
-                except PublicError as e:
-                    row["problem"] = e.message
-                    rows.append(row)
-                    continue
-                row.update(status_row(mailbox, now=now))
-                row["controllable"] = mailbox.exists() and "problem" not in row
             rows.append(row)
+            if problem is not None:
+                continue
+            try:
+                _check_name(name)
+                where = self._run_path(name, root)
+            except PublicError as e:
+                row["problem"] = e.message
+                continue
+            if root is not None and not os.path.lexists(os.path.join(where, DIRNAME)):
+                row.update(no_status())  # no mailbox: nothing more to read
+                continue
+            mailbox = mailbox_for(where)
+            row.update(status_row(mailbox, now=now))
+            row["controllable"] = mailbox.exists() and "problem" not in row
         return {"runs": rows, "logdir": self.logdir, "problem": problem, "now": now}
 
     # -- reading -----------------------------------------------------------------------------------------------
@@ -362,6 +369,34 @@ def _expires_in(request: dict[str, Any]) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
         raise PublicError(400, f"expires_in must be a number of seconds > 0, or null; received {_shown(value)}")
     return float(value)
+
+
+def _check_name(run: str) -> None:
+    """Refuse (400) a run name that is not a relative path inside the log directory, whoever listed it."""
+    try:
+        run.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PublicError(400, f"run {_shown(run)} refused: a run name is valid Unicode text") from None
+    parts = run.replace(os.altsep or os.sep, os.sep).split(os.sep)
+    if "\x00" in run or os.path.isabs(run) or run.startswith(("/", "\\")) or ".." in parts:
+        raise PublicError(400, f"run {_shown(run)} refused: a run is a relative name inside the log directory")
+
+
+def _real_path_under(root: str, run: str) -> str:
+    """`os.path.realpath(root/run)` for a real `root` and a name that passed `_check_name`, in one lstat per part
+    of the name instead of one per part of the whole path: realpath proper only once a part is a symlink."""
+    path = root
+    for part in run.replace(os.altsep or os.sep, os.sep).split(os.sep):
+        if part in ("", "."):
+            continue
+        path = os.path.join(path, part)
+        try:
+            link = stat.S_ISLNK(os.lstat(path).st_mode)
+        except OSError:
+            link = False  # missing (realpath keeps it as written) or unreadable (its check refuses it later)
+        if link:
+            return os.path.realpath(os.path.join(root, run))
+    return path
 
 
 def _shown(value: object, limit: int = 80) -> str:

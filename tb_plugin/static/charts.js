@@ -25,6 +25,14 @@ export function loadUPlot() {
   return loading;
 }
 
+// A y-axis label that tells apart the ticks of any range: uPlot's own rounds 1e-7 to "0".
+export function tick(value) {
+  if (value === null || value === undefined) return '';
+  const a = Math.abs(value);
+  if (a === 0) return '0';
+  return a < 1e-3 || a >= 1e6 ? value.toExponential(2).replace(/\.?0+e/, 'e') : String(Number(value.toPrecision(6)));
+}
+
 // TensorBoard's smoothing: a debiased exponential moving average over the finite values (gaps stay gaps).
 export function smooth(values, weight) {
   if (!weight) return values;
@@ -39,14 +47,17 @@ export function smooth(values, weight) {
 }
 
 // One chart. `lines`: [{label, points: [[step, value], ...]}] (value null: a gap), or with `band: true` points
-// [[step, {min, mean, max}], ...] (a histogram metric): its mean with dashed min and max.
+// [[step, {min, mean, max}], ...] (a histogram metric): its mean with dashed min and max. `stepped`: a value holds
+// until the next point (a hyperparameter, written only when it changes), rather than a line between points.
 export class Chart {
-  constructor({title, testid, height = 180}) {
+  constructor({title, testid, height = 180, stepped = false}) {
     this.title = title;
     this.height = height;
+    this.stepped = stepped;
     this.element = document.createElement('div');
     this.element.className = 'chart';
     if (testid) this.element.dataset.testid = testid;
+    this.element.chart = this; // the chart of this element, for the browser tests and the console: .plot.data
     this.plot = null;
     this.shape = '';
     this.options = {smoothing: 0, log: false};
@@ -78,7 +89,8 @@ export class Chart {
       for (const [s, v] of line.points) col[index.get(s)] = typeof v === 'number' && Number.isFinite(v) ? v : null;
       if (this.options.log) col = col.map((v) => (v > 0 ? v : null));
       columns.push(smooth(col, this.options.smoothing));
-      series.push({label: line.label, stroke: color, width: 1.5, spanGaps: true, points: {show: steps.length < 40}});
+      const paths = this.stepped ? window.uPlot.paths.stepped({align: 1}) : undefined;
+      series.push({label: line.label, stroke: color, width: 1.5, spanGaps: true, paths, points: {show: steps.length < 40}});
     });
     return {columns, series};
   }
@@ -106,7 +118,7 @@ export class Chart {
         height: this.height,
         series,
         scales: {x: {time: false}, y: this.options.log ? {distr: 3} : {}},
-        axes: [{size: 30}, {size: 56}],
+        axes: [{size: 30}, {size: 60, values: (u, splits) => splits.map(tick)}],
         cursor: {drag: {x: true, y: false}},
         legend: {live: true},
       },

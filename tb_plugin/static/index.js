@@ -203,6 +203,7 @@ class App {
     if (this.liveMode) {
       this.charts.reset();
       this.follow();
+      this.charts.redrawAll(); // what was streamed already (a run overlaid before, or selected again) is not sent again
     }
     this.poll(false);
   }

@@ -24,8 +24,8 @@ export function journalRow(e, actions = null) {
     el('td', {class: 'num', text: e.step ?? '–'}),
     el('td', {class: 'nowrap', text: e.time ? new Date(e.time * 1000).toLocaleTimeString([], {hour12: false}) : ''}),
     el('td', {class: 'who', text: e.event === 'command' ? e.who || e.sender || '' : 'bridge'}),
-    el('td', {class: 'mono clip', text: what, title: what}),
-    el('td', {class: 'mono clip', testid: 'journal-result', text: text.slice(0, 300), title: text.slice(0, 2000)}),
+    el('td', {class: 'mono', title: what}, el('div', {class: 'clamp', text: what})),
+    el('td', {class: 'mono', testid: 'journal-result', title: text.slice(0, 2000)}, el('div', {class: 'clamp', text: text.slice(0, 300)})),
     actions ? el('td', {class: 'actions'}, actions(e)) : null,
   );
 }

@@ -98,6 +98,9 @@ export class SeriesStore {
 }
 
 const prefixOf = (tag) => (tag.includes('/') ? tag.slice(0, tag.indexOf('/')) : '(no prefix)');
+// The bridge's own series (hyperparameters as set, metrics added from here) come after the run's own.
+const BRIDGE_PREFIXES = ['bidviz', 'hparams'];
+const groupKey = (prefix) => `${BRIDGE_PREFIXES.includes(prefix) ? 1 : 0}${prefix}`;
 
 export class ChartsPanel {
   constructor(app) {
@@ -170,7 +173,8 @@ export class ChartsPanel {
       const details = el('details', {open: true, class: 'chart-group', testid: `chart-group-${prefix}`}, el('summary', {text: prefix}), grid);
       group = {details, grid};
       this.groups.set(prefix, group);
-      const after = [...this.groups.keys()].sort().filter((p) => p > prefix).map((p) => this.groups.get(p).details)[0];
+      const later = [...this.groups.keys()].filter((p) => groupKey(p) > groupKey(prefix));
+      const after = later.sort((p, q) => (groupKey(p) < groupKey(q) ? -1 : 1)).map((p) => this.groups.get(p).details)[0];
       this.body.insertBefore(details, after || null);
     }
     return group;
@@ -190,7 +194,7 @@ export class ChartsPanel {
       let entry = this.charts.get(tag);
       if (!entry) {
         if (!lines.length) continue;
-        const chart = new Chart({title: tag, testid: `chart-${tag}`, height: 170});
+        const chart = new Chart({title: tag, testid: `chart-${tag}`, height: 170, stepped: tag.startsWith('hparams/')});
         const group = this.group(prefixOf(tag));
         group.grid.append(chart.element);
         entry = {chart, group};

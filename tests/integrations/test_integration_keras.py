@@ -1,10 +1,13 @@
 """Keras 3: examples/keras_digits.py trains in a subprocess with BIDVizCallback (torch and TensorFlow backends with an
-LR schedule, JAX backend with a plain learning rate); the CLI drives it."""
+LR schedule, JAX backend with a plain learning rate; on TensorFlow with Keras's own TensorBoard callback writing into
+the same run); the CLI drives it."""
 
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
+import numpy as np
 import pytest
 from integration_checks import (
     add_metric,
@@ -34,7 +37,12 @@ COMPILED = BACKENDS[1:]  # backends whose train step is compiled, where steps_pe
 def test_keras_callback_end_to_end(start_training, backend: str) -> None:  # type: ignore[no-untyped-def]
     schedule = backend != "jax"  # the schedule path on torch and TF, the variable path (and state sync) on JAX
     args = ["--steps", "0", "--delay", "0.02", "--quiet"] + (["--schedule"] if schedule else [])
+    keras_tensorboard = backend == "tensorflow"  # Keras's own TensorBoard callback logs too, into <run>/train
+    if keras_tensorboard:
+        args.append("--tensorboard")
     training = start_training("keras_digits.py", f"keras_{backend}", *args, env={"KERAS_BACKEND": backend})
+    if keras_tensorboard:
+        training.run_dir = training.run_dir / "train"  # the bridge joins Keras's training run
     run = training.run_dir
     training.wait_live()
 
@@ -73,13 +81,48 @@ def test_keras_callback_end_to_end(start_training, backend: str) -> None:  # typ
     out = stop(training)
     assert "(stopped by command)" in out, out
 
-    assert len(event_files(run)) == 1, list(run.iterdir())
+    assert len(event_files(run)) == (2 if keras_tensorboard else 1), list(run.iterdir())
     series = scalars(run)
     for tag in ("bidviz/kernel_norm", "bidviz/loss_x100", "hparams/lr", "hparams/dropout"):
         assert series.get(tag), f"{tag} missing; tags: {sorted(series)}"
     assert series["hparams/lr"][-1][2] == pytest.approx(0.5)
     norms = [v for _, _, v in series["bidviz/kernel_norm"]]
     assert len(set(norms)) > 1, norms  # the weights it sees are live, not a stale copy
+    if keras_tensorboard:
+        _check_keras_tensorboard_series(run, series, response["step"])
+
+
+def _check_keras_tensorboard_series(run: Path, series: dict[str, list[tuple[int, float, float]]], set_at: int) -> None:
+    """Keras's TensorBoard callback and the bridge wrote one run: Keras's series agree with the bridge's (its batch
+    loss with the bridge's metric of it, step for step; its epoch learning rate with the rate set through BIDViz), and
+    TensorBoard's own loader reads every series of both files as our reader does."""
+    for tag in ("batch_loss", "batch_accuracy", "epoch_loss", "epoch_learning_rate"):
+        assert series.get(tag), f"Keras's {tag} missing; tags: {sorted(series)}"
+    keras_loss = {step: value for step, _, value in series["batch_loss"]}
+    ours = [(step, value) for step, _, value in series["bidviz/loss_x100"]]
+    assert len(ours) >= 5 and all(step in keras_loss for step, _ in ours), (ours, sorted(keras_loss)[-5:])
+    for step, value in ours:  # the same step numbers: Keras counts batches, the bridge the optimizer's iterations
+        assert value == pytest.approx(100 * keras_loss[step], rel=1e-5), step
+    epochs = series["epoch_learning_rate"][:-1]  # the last epoch was cut short by the stop
+    assert any((e + 1) * STEPS_PER_EPOCH > set_at for e, _, _ in epochs), (epochs, set_at)
+    for epoch, _, lr in epochs:
+        it = (epoch + 1) * STEPS_PER_EPOCH  # the iteration count at that epoch's end
+        expected = 0.5 * DECAY ** (it - set_at) if it > set_at else 0.05 * DECAY**it
+        assert lr == pytest.approx(expected, rel=1e-5), (epoch, it, set_at, lr)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    accumulator = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
+    accumulator.Reload()
+    tags = accumulator.Tags()
+    for tag, points in series.items():
+        if tag in tags["scalars"]:  # ours
+            theirs = [(e.step, e.wall_time, e.value) for e in accumulator.Scalars(tag)]
+        else:  # Keras's: TF2 tensor scalars
+            events = accumulator.Tensors(tag)
+            theirs = [(e.step, e.wall_time, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events]
+        np.testing.assert_allclose(np.array(points), np.array(theirs), rtol=1e-6, err_msg=tag)
 
 
 @pytest.mark.parametrize("backend", COMPILED)

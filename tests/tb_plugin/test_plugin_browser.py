@@ -1,7 +1,7 @@
 """End to end in a real headless Chromium (Debian's, driven by Playwright): the stock `tensorboard` serves the BIDViz
 tab, and a person sets lr, adds a metric and watches it, runs terminal commands, pauses, resumes and stops training.
 
-Set BIDVIZ_SCREENSHOT=docs/bidviz-tab.png to refresh the README's screenshot from this run.
+Set BIDVIZ_SCREENSHOTS=docs to refresh the README's screenshot of the tab (docs/bidviz-tab.png) from this run.
 """
 
 from __future__ import annotations
@@ -165,8 +165,8 @@ def test_steer_a_live_run_from_the_tab(tmp_path: Path, start_training: Any, star
     expect(ui.get_by_test_id("terminal-result").last).to_have_text("torch.Size([1, 4])")
     page.frame(url=re.compile(r"plugin_entry\.html")).evaluate("document.activeElement.blur(); window.scrollTo(0, 0)")
     page.screenshot(path=str(tmp_path / "bidviz-tab.png"))
-    if os.environ.get("BIDVIZ_SCREENSHOT"):
-        page.screenshot(path=os.environ["BIDVIZ_SCREENSHOT"])
+    if os.environ.get("BIDVIZ_SCREENSHOTS"):
+        page.screenshot(path=os.path.join(os.environ["BIDVIZ_SCREENSHOTS"], "bidviz-tab.png"))
 
     # Stop, with a confirmation: the training script ends its loop the normal way.
     ui.get_by_test_id("stop").click()

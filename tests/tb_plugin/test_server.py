@@ -143,6 +143,78 @@ def test_a_symlink_out_of_the_log_directory_is_refused(tmp_path: Path) -> None:
         assert r.status_code in (403, 404), r.text
 
 
+def test_runs_are_every_directory_with_event_files_or_a_mailbox(tmp_path: Path) -> None:
+    """The walk behind `GET runs`: nested runs, the log directory itself, no hidden or symlinked directory entered,
+    and each row's status read where a mailbox is (a corrupt state.json says so in its row only)."""
+    from bidviz.channel import Mailbox
+
+    logdir = tmp_path / "logs"
+    bridged_run(logdir, "a")
+    bridged_run(logdir, "a/nested")
+    with EventWriter(logdir) as w:  # the log directory's own event file: the run "."
+        w.add_scalar("x", 1.0, 0)
+    with EventWriter(logdir / "plain") as w:
+        w.add_scalar("x", 1.0, 0)
+    (logdir / "empty" / "deeper").mkdir(parents=True)  # no event file, no mailbox: not a run
+    bridged_run(logdir, ".hidden/run")  # hidden: never entered
+    bridged_run(tmp_path, "elsewhere")
+    (logdir / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # not followed
+    (logdir / "filebox").mkdir()
+    (logdir / "filebox" / ".bidviz").write_text("not a directory")  # a mailbox in name: listed, refused in its row
+    corrupt = bridged_run(logdir, "corrupt")
+    (corrupt / ".bidviz" / "state.json").write_text("{not json")
+    Mailbox(logdir / "a").write_state({"v": 1, "pid": 1, "host": "elsewhere", "heartbeat": 1.0, "step": 7})
+    rows = {r["run"]: r for r in Client(logdir).get("/api/runs").json()["runs"]}
+    assert list(rows) == [".", "a", "a/nested", "corrupt", "filebox", "plain"]
+    assert rows["a"]["step"] == 7 and rows["a"]["live"] == "stale" and rows["a"]["controllable"] is True
+    assert rows["a/nested"]["live"] == "none" and rows["a/nested"]["controllable"] is True
+    assert rows["plain"] == {**rows["plain"], "live": "none", "controllable": False, "step": None}
+    assert rows["corrupt"]["live"] == "unreadable" and "corrupt" in rows["corrupt"]["problem"]
+    assert rows["filebox"]["live"] == "unreadable" and "real directory" in rows["filebox"]["problem"]
+    assert not rows["filebox"]["controllable"] and not rows["corrupt"]["controllable"]
+
+
+def test_a_client_that_stops_reading_is_dropped_not_buffered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One run's feed with two clients while its event file grows: the one that never reads is dropped once its
+    queue is full (told so when it reads again, its stream then ends), the other keeps receiving every point."""
+    import asyncio
+
+    from bidviz.tb_plugin import live
+
+    monkeypatch.setattr(live, "QUEUE_MAX", 16)
+    run = bridged_run(tmp_path)
+    writer = EventWriter(run, flush_secs=0)
+
+    async def follow() -> None:
+        feed = live.Hub().feed("exp", run)
+        stalled, reader = await feed.subscribe(), await feed.subscribe()
+        steps: list[int] = []
+
+        async def read() -> None:
+            async for frame in reader.frames():
+                if frame.startswith(b"event: scalars"):
+                    steps.extend(p[0] for p in json.loads(frame.split(b"data: ", 1)[1])["points"].get("loss", []))
+
+        task = asyncio.get_running_loop().create_task(read())
+        step = 5
+        while not (stalled.dropped and step > 5 + 3 * live.QUEUE_MAX):
+            writer.add_scalar("loss", 0.5, step)
+            step += 1
+            await asyncio.sleep(live.INTERVAL * 1.5)  # about a look each: one event per point
+            assert step < 5 + 50 * live.QUEUE_MAX, "the client that does not read was never dropped"
+        assert stalled not in feed.clients and stalled.queue.qsize() == 1  # bounded: only the end of its stream
+        frames = [frame async for frame in stalled.frames()]
+        assert len(frames) == 1 and frames[0].startswith(b"event: dropped")
+        while not steps or steps[-1] < step - 1:
+            await asyncio.sleep(live.INTERVAL)
+        assert steps == list(range(step)), "the reading client got every point, in order"
+        task.cancel()
+        feed.unsubscribe(reader)
+
+    asyncio.run(asyncio.wait_for(follow(), 60))
+    writer.close()
+
+
 # -- a real server ------------------------------------------------------------------------------------------------
 
 

@@ -253,16 +253,17 @@ def make_writer(kind: str, run_dir: Path, flush_secs: float) -> tuple[Writer, An
 def test_written_values_reach_the_disk_within_flush_secs_without_flush(tmp_path: Path, kind: str) -> None:
     writer, user = make_writer(kind, tmp_path, flush_secs=0.2)
     try:
-        writer.add_scalar("live", 1.0, 1)
-        writer.add_scalar("live", 2.0, 2)
-        deadline = time.monotonic() + 10
         seen: dict[str, Any] = {}
-        while time.monotonic() < deadline and len(seen.get("live", [])) < 2:
-            time.sleep(0.05)
-            with warnings.catch_warnings():  # the file may end in a record being written
-                warnings.simplefilter("ignore")
-                seen = read_scalars(tmp_path)
-        assert [value for _, _, value in seen["live"]] == [1.0, 2.0]
+        for values in ([1.0, 2.0], [3.0]):  # a burst, then another once the first is on disk: flushed each time
+            for value in values:
+                writer.add_scalar("live", value, int(value))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and len(seen.get("live", [])) < value:
+                time.sleep(0.05)
+                with warnings.catch_warnings():  # the file may end in a record being written
+                    warnings.simplefilter("ignore")
+                    seen = read_scalars(tmp_path)
+        assert [value for _, _, value in seen["live"]] == [1.0, 2.0, 3.0]
     finally:
         writer.close()
         if user is not None:
