@@ -182,6 +182,7 @@ class Metric:
     error_count: int = 0
     errors_in_row: int = 0
     last_error: dict[str, Any] | None = None
+    first_error: dict[str, Any] | None = None  # the failure of its check run at install, until resumed
     recent: deque[tuple[int, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_KEPT))
     threads_left: int = 0  # runs in a row after which more threads ran than before
     error_types: dict[str, int] = field(default_factory=dict)  # errors by type, for the journal's aggregation
@@ -233,6 +234,7 @@ class Metric:
             "error_count": self.error_count,
             "errors_in_row": self.errors_in_row,
             "last_error": self.last_error,
+            "first_error": self.first_error,
             "recent": [[s, _jsonable(v)] for s, v in list(self.recent)],
             "sender": self.sender,
             "reduce": self.reduce,
