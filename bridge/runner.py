@@ -13,7 +13,7 @@ from typing import Any
 
 from bidviz.errors import MetricTimeout
 
-from .interrupt import HookTimer, OverBudget, is_real_ctrl_c
+from .interrupt import HookTimer, OverBudget, ctrl_c, get_ident, is_real_ctrl_c
 from .metrics import Metric, failure_info, scalar
 from .ranks import Ranks
 from .registry import Registry
@@ -64,7 +64,11 @@ class MetricRunner:
         timer = self.timer
         writer = self.registry.writer
         add = writer.add_scalar
-        started = timer.begin()
+        if timer.thread_id == get_ident():  # the batch opened inline (see HookTimer), as `begin()` would
+            timer.batch += 1
+            started = ctrl_c.count
+        else:
+            started = timer.begin()
         left = iter(due)  # an interrupt ends the inner loop; the outer one goes on with the metrics left
         try:
             while True:
@@ -97,9 +101,11 @@ class MetricRunner:
                     if isinstance(late, Metric):
                         self._timed_out(late, step)
         finally:
-            late = timer.end()
-            if late is not None and isinstance(late, Metric):
-                self._timed_out(late, step)
+            timer.hook = None
+            if timer.firing or timer.fired:  # an interrupt fired or is firing: settle it
+                late = timer.end()
+                if isinstance(late, Metric):
+                    self._timed_out(late, step)
             self.registry.wrote = True
         self._batches += 1
         if not self._batches & (THREADS_EVERY - 1):  # one look (a lock round trip) every few batches
