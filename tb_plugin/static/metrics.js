@@ -270,7 +270,9 @@ export class MetricsPanel {
       args.replace = true;
       try {
         const resp = await this.app.send(m.isRule ? 'add_rule' : 'add_metric', args);
+        const first = resp.result && typeof resp.result === 'object' ? resp.result.first_error : null;
         if (resp.status !== 'applied') failed.push(`${m.name}: ${errorText(resp.error)}`);
+        else if (first) failed.push(`${m.name}: added, paused: failed at its first run: ${errorLine(first, m.code)}`);
       } catch (e) {
         failed.push(`${m.name}: ${e.message}`);
       }

@@ -13,6 +13,7 @@ import pytest
 from tab_support import wait_for
 from test_plugin_browser import TIMEOUT_MS, browser, page, state_of, tab  # noqa: F401 - fixtures
 
+from bidviz import kinds
 from bidviz.writers import read_scalars
 
 
@@ -142,3 +143,11 @@ def test_a_metric_first_run_shows_its_error_with_the_users_line_or_its_value(
     expect(ui.get_by_test_id("metric-value-boom")).to_have_text("7")
     expect(ui.get_by_test_id("metric-error-boom")).to_be_hidden()
     wait_for(lambda: read_scalars(run_dir).get("bidviz/boom"), "bidviz/boom in the event files", 30)
+
+    # A metric set whose metric fails at its first run: imported, but the form says it was added paused, and why.
+    metric_set = tmp_path / "set.json"
+    metric_set.write_text(json.dumps(kinds.metric_set({"bad": {"code": "1 / 0"}})))
+    ui.get_by_test_id("metric-import").set_input_files(str(metric_set))
+    expect(status).to_contain_text("imported 0 of 1; failed: bad: added, paused: failed at its first run")
+    expect(status).to_contain_text("ZeroDivisionError: division by zero (line 1: 1 / 0)")
+    expect(ui.get_by_test_id("metric-status-bad")).to_have_text("paused")
