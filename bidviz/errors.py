@@ -47,6 +47,25 @@ class ProtocolError(BIDVizError, ValueError):
     default_http_status = 400
 
 
+class ValuesRefused(ProtocolError):
+    """Values of one `set_hparam` refused, all named: the error's `refused` maps each name to its type and
+    message. One refusal keeps its own type and message; several are of type `ValuesRefused` unless all share one."""
+
+    def __init__(self, refused: dict[str, ProtocolError]) -> None:
+        assert refused, "ValuesRefused needs at least one refused value"
+        types = {e.type for e in refused.values()}
+        if len(refused) == 1:
+            message = str(next(iter(refused.values())))
+        else:
+            message = f"{len(refused)} values refused, none applied: " + "; ".join(map(str, refused.values()))
+        super().__init__(message, type=types.pop() if len(types) == 1 else "ValuesRefused")
+        self.refused = refused
+
+    def as_error(self) -> dict[str, Any]:
+        refused = {name: {"type": e.type, "message": str(e)} for name, e in self.refused.items()}
+        return {**super().as_error(), "refused": refused}
+
+
 class ChannelError(BIDVizError, RuntimeError):
     """A mailbox problem a person must act on; the message says what to do."""
 

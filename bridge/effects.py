@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bidviz import kinds, protocol
-from bidviz.errors import MetricTimeout, ProtocolError
+from bidviz.errors import MetricTimeout, ProtocolError, ValuesRefused
 from bidviz.protocol import Command
 
 from .diagnostics import PACK
@@ -110,9 +110,9 @@ def admit_values(rt: Registry, cmd: Command) -> None:
     known = rt.hparam_names()
     if known is None:
         return None  # before the first step the loop may still register them: checked when applied
-    for name in _values(cmd.args):
-        if name not in known:
-            raise unknown_hparam(name, known)
+    unknown = {name: unknown_hparam(name, known) for name in _values(cmd.args) if name not in known}
+    if unknown:
+        raise ValuesRefused(unknown)
     return None
 
 
@@ -121,12 +121,17 @@ def assign_values(rt: Runtime, item: Admitted) -> Any:
     budget); if one assignment raises, the ones before it are put back, so a change applies whole or not at all."""
     reg = rt.registry
     values = _values(item.command.args)
-    coerced = {}
+    coerced, refused = {}, {}
     for name, value in values.items():
         hp = reg.hparams.get(name)
-        if hp is None:
-            raise unknown_hparam(name, reg.hparams)
-        coerced[name] = hp.coerce(value)
+        try:
+            if hp is None:
+                raise unknown_hparam(name, reg.hparams)
+            coerced[name] = hp.coerce(value)
+        except ProtocolError as e:  # every refusal named, not only the first
+            refused[name] = e
+    if refused:
+        raise ValuesRefused(refused)
     if rt.safety is not None:  # so that `rewind --before ID` undoes this change
         _snapshot(rt, f"before {kinds.SET_HPARAM.describe(item.command.args)} (from {item.command.sender})", item)
     done: list[tuple[str, Any]] = []
@@ -181,7 +186,7 @@ def install_metric(rt: Runtime, item: Admitted) -> Any:
         if isinstance(e, MetricTimeout):
             info.update(message=f"metric {metric.name!r} {e}", traceback="", line=None)
     with reg.lock:
-        metric.status, metric.last_error = "paused", info
+        metric.status, metric.last_error, metric.first_error = "paused", info, {**info, "step": rt.control.at}
         reg.refresh()
     return {**added, "status": "paused", "first_error": info}
 
@@ -214,6 +219,8 @@ def _set_status(rt: Runtime, item: Admitted, status: str) -> Any:
         else:
             m.status = status
             m.errors_in_row = 0
+            if status == "running":
+                m.first_error = None  # resumed as it is: its own runs say how it does from now on
         reg.refresh()
     return {"name": m.name, "status": status}
 

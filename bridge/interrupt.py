@@ -41,7 +41,9 @@ class HookTimer:
     """The budget of the hooks run in one thread at a time (the training thread, or the mailroom's for evals).
 
     A hook is announced with one attribute store, `timer.hook = h`, inside a batch opened by `begin()` and closed by
-    `end()`; the monitor samples (batch, hook) every tick and interrupts a hook it has seen running for a whole
+    `end()` (a caller that runs a batch at every step may open it inline: `timer.batch += 1` when `thread_id` is
+    its own thread, else `begin()`; and close it with `timer.hook = None`, then `end()` only when `firing` or
+    `fired` is set); the monitor samples (batch, hook) every tick and interrupts a hook it has seen running for a whole
     budget (measured from the tick it was first seen; `call` gives its own start, exactly). So a batch of N hooks
     costs N stores and one check at its end, not two lock round trips and clock reads per hook.
 
@@ -58,7 +60,7 @@ class HookTimer:
         self.firing = False  # the monitor is deciding whether to interrupt
         self.fired = False  # it did, for `fired_for`, and `end()` or `taken()` has not settled it yet
         self.fired_for: object = None
-        self._thread_id = 0
+        self.thread_id = 0  # the thread of the batch now open (an interrupt is raised in it); 0 before the first
         self._started = (0, 0.0)  # (batch, monotonic start) given by `call`: the exact start of its one hook
         self._fired_at = 0.0
         self._lock = threading.Lock()
@@ -70,9 +72,9 @@ class HookTimer:
         if self._thread is None:
             self._thread = threading.Thread(target=self._watch, name="bidviz-hook-timer", daemon=True)
             self._thread.start()
-        self._thread_id = get_ident()
+        self.thread_id = get_ident()
         self.batch += 1
-        return _sigints
+        return ctrl_c.count
 
     def end(self) -> object:
         """Close the batch: the hook an interrupt was raised for and not yet settled (its timeout to report), or
@@ -94,7 +96,7 @@ class HookTimer:
             try:
                 with self._lock:  # waits for a firing monitor to finish
                     if self.fired:
-                        _set_async_exc(self._thread_id, ctypes.py_object())  # still pending: never delivered
+                        _set_async_exc(self.thread_id, ctypes.py_object())  # still pending: never delivered
                         hook, self.fired, self.fired_for = self.fired_for, False, None
                 return hook
             except OverBudget:  # delivered before the clearing: it did fire, for the hook noted
@@ -146,21 +148,24 @@ class HookTimer:
                 self.firing = True
                 if self.hook is hook and self.batch == batch:
                     self.fired, self.fired_for, self._fired_at = True, hook, now
-                    _set_async_exc(self._thread_id, ctypes.py_object(OverBudget))
+                    _set_async_exc(self.thread_id, ctypes.py_object(OverBudget))
                 self.firing = False
 
     def close(self) -> None:
         self._closed.set()
 
 
-_sigints = 0  # SIGINTs received, when our marker is installed
+class _CtrlC:
+    count = 0  # SIGINTs received, when our marker is installed
+
+
+ctrl_c = _CtrlC()
 _marker_installed = False
 get_ident = threading.get_ident
 
 
 def _marker(signum: int, frame: Any) -> None:
-    global _sigints
-    _sigints += 1
+    ctrl_c.count += 1
     signal.default_int_handler(signum, frame)
 
 
@@ -183,7 +188,7 @@ def is_real_ctrl_c(exc: BaseException, started: int) -> bool:
     if not isinstance(exc, KeyboardInterrupt):
         return False
     if _marker_installed:
-        return _sigints > started
+        return ctrl_c.count > started
     return signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
 
 

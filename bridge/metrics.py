@@ -112,17 +112,20 @@ def _prelude(names: list[str]) -> list[ast.stmt]:
 
 
 def _function_code(body: list[ast.stmt], filename: str) -> types.CodeType:
+    # The namespace comes in as a keyword-only argument only when the prelude reads it: a call that fills in a
+    # keyword default costs a third more, at every step of every metric.
+    prelude = _prelude(_bound_names(body))
     fn = ast.FunctionDef(
         name=_FN_NAME,
         args=ast.arguments(
             posonlyargs=[],
             args=[ast.arg(arg="state")],
             vararg=None,
-            kwonlyargs=[ast.arg(arg=_NS)],
-            kw_defaults=[None],
+            kwonlyargs=[ast.arg(arg=_NS)] if prelude else [],
+            kw_defaults=[None] if prelude else [],
             defaults=[],
         ),
-        body=_prelude(_bound_names(body)) + (body or [ast.Pass()]),
+        body=prelude + (body or [ast.Pass()]),
         decorator_list=[],
         returns=None,
         lineno=1,
@@ -182,6 +185,7 @@ class Metric:
     error_count: int = 0
     errors_in_row: int = 0
     last_error: dict[str, Any] | None = None
+    first_error: dict[str, Any] | None = None  # the failure of its check run at install, until resumed
     recent: deque[tuple[int, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_KEPT))
     threads_left: int = 0  # runs in a row after which more threads ran than before
     error_types: dict[str, int] = field(default_factory=dict)  # errors by type, for the journal's aggregation
@@ -233,6 +237,7 @@ class Metric:
             "error_count": self.error_count,
             "errors_in_row": self.errors_in_row,
             "last_error": self.last_error,
+            "first_error": self.first_error,
             "recent": [[s, _jsonable(v)] for s, v in list(self.recent)],
             "sender": self.sender,
             "reduce": self.reduce,
@@ -248,7 +253,8 @@ def _jsonable(value: Any) -> Any:
 
 def make_function(code: types.CodeType, globals_: dict[str, Any]) -> Callable[[dict[str, Any]], Any]:
     fn = types.FunctionType(code, globals_, _FN_NAME)
-    fn.__kwdefaults__ = {_NS: globals_}
+    if code.co_kwonlyargcount:  # the prelude's way to the namespace
+        fn.__kwdefaults__ = {_NS: globals_}
     return fn
 
 

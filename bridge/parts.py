@@ -85,7 +85,10 @@ class Parts:
         self.flush_secs = flush_secs = flush_cadence(run_dir, flush_secs)
         self.hook_budget = hook_budget
         self.started_at = time.time()
-        self.poke = poke
+        self._poke = poke
+        #: the call count from which the slow path looks at everything again; below it, a loop with metrics only
+        #: runs them (`attend` sets it to 0: a command handed off, the metric set changed, the loop slowed down)
+        self._house_at = 0
         mark_ctrl_c()
         self._last_slow = self._last_flush = self._last_look = time.monotonic()
         self._calls_at_slow = 0
@@ -113,13 +116,13 @@ class Parts:
             self.namespace = _namespace(namespace, weakref.proxy(bridge))
             self.registry = Registry(self.writer, self.control, self.namespace)
             self.namespace["hparams"] = self.registry.view
-            self.registry.on_metrics_changed = poke
+            self.registry.on_metrics_changed = self.attend
             self.timer, self.now_timer = HookTimer(hook_budget), HookTimer(hook_budget)
             undo.callback(self.timer.close)
             undo.callback(self.now_timer.close)
             self.runtime = Runtime(self.registry, self.control, self.timer, self.ranks)
             self.handoff = Handoff()
-            self.handoff.on_put = poke
+            self.handoff.on_put = self.attend
             held = self.owner.held if leader and self.ranks is None else _always
             self.recorder: Any = Recorder(self.mailbox, self.snapshot, held) if leader else Quiet()
             undo.callback(self.recorder.close)
@@ -166,14 +169,26 @@ class Parts:
 
     # -- the slow path of step(), in the training thread ---------------------------------------------------------
 
+    def attend(self) -> None:
+        """Have the next `step()` take the whole slow path (any thread: two stores)."""
+        self._house_at = 0
+        self._poke()
+
     def slow_step(self, calls: int, step: int | None, context: dict[str, Any], prepare: Any) -> int:
-        """Apply what is pending and run the metrics; returns the call count at which to look again."""
+        """Apply what is pending and run the metrics; returns the call count at which to look again.
+
+        A loop with metrics comes here at every step, but looks at the rest (its pace, the inbox, commands handed
+        off, rules) only about every CHECK_SECONDS, as an idle loop does, or at once when `attend` is called; in
+        between it only runs the metrics."""
         control = self.control
         control.step = step = calls - 1 if step is None else step
         ns = self.namespace
         if context:
             ns.update(context)
         ns["step"] = step
+        if calls < self._house_at and not control.paused:
+            self.runner.run(step, prepare)
+            return calls + 1
         if not control.stepping:
             self.registry.first_step()
             self._check_restart(step)
@@ -214,14 +229,22 @@ class Parts:
             self.mailroom.wake()
 
     def _next_check(self, calls: int, now: float) -> int:
-        if self.registry.active or self.net.active or (self.handoff and self.lockstep is None):
+        # Calls expected in CHECK_SECONDS at the current pace; the mailroom also pokes when commands arrive or the
+        # loop slows down, so a stale estimate cannot delay a command.
+        elapsed = now - self._last_slow
+        per_sec = (calls - self._calls_at_slow) / elapsed if elapsed > 0 else 0.0
+        later = calls + max(1, min(int(per_sec * CHECK_SECONDS), 100_000))
+        if self.registry.active and self.lockstep is None and not self.net.active:
+            # Metrics only: every step runs them, the rest waits for `later`. `_house_at` is stored before the
+            # handoff is looked at, so a command handed off meanwhile (its `attend` stores 0 after) is not missed.
+            self._house_at = later
+            nxt = calls + 1
+            if self.handoff:
+                self._house_at = 0
+        elif self.registry.active or self.net.active or (self.handoff and self.lockstep is None):
             nxt = calls + 1
         else:
-            # Calls expected in CHECK_SECONDS at the current pace; the mailroom also pokes when commands arrive or
-            # the loop slows down, so a stale estimate cannot delay a command.
-            elapsed = now - self._last_slow
-            per_sec = (calls - self._calls_at_slow) / elapsed if elapsed > 0 else 0.0
-            nxt = calls + max(1, min(int(per_sec * CHECK_SECONDS), 100_000))
+            nxt = later
         self._last_slow = now
         self._calls_at_slow = calls
         if self.lockstep is not None:
@@ -295,7 +318,7 @@ class Parts:
         now = time.monotonic()
         control = self.control
         if now - self._last_slow > 0.05 and not control.paused:
-            self.poke()  # a slow loop: have the next step refresh step and steps/s
+            self.attend()  # a slow loop: have the next step refresh step and steps/s
         control.steps_per_sec = self.rate.rate(now) if not control.paused else 0.0
         if self.registry.wrote and now - self._last_flush >= self.flush_secs:
             self.registry.wrote = False

@@ -13,7 +13,7 @@ from typing import Any
 
 from bidviz.errors import MetricTimeout
 
-from .interrupt import HookTimer, OverBudget, is_real_ctrl_c
+from .interrupt import HookTimer, OverBudget, ctrl_c, get_ident, is_real_ctrl_c
 from .metrics import Metric, failure_info, scalar
 from .ranks import Ranks
 from .registry import Registry
@@ -48,7 +48,7 @@ class MetricRunner:
         it, its code, and its value's write. Threads are counted every THREADS_EVERY batches; once more of them run
         than at the last count, each metric is watched on its own (`timer.call`, threads counted around it) until a
         step leaves none. On a distributed job every metric goes through `timer.call` (a reduced one talks to the
-        other ranks)."""
+        other ranks). This runs at every step of a loop with metrics: the batch is inline, not a call away."""
         active = self.registry.active
         if active is not self._active:  # the registry makes a new list when the set changes
             self._active, self._every_step = active, all(m.every == 1 for m in active)
@@ -61,33 +61,28 @@ class MetricRunner:
             self._run_one_by_one(step, due)
             self._threads_seen = threading.active_count()
             return
-        self._run_batch(step, due)
-        self._batches += 1
-        if not self._batches & (THREADS_EVERY - 1):  # one look (a lock round trip) every few batches
-            count = threading.active_count()
-            self._watch, self._threads_seen = count > self._threads_seen, count
-
-    def _run_batch(self, step: int, due: list[Metric]) -> None:
         timer = self.timer
         writer = self.registry.writer
         add = writer.add_scalar
-        started = timer.begin()
-        pos, n = 0, len(due)
+        if timer.thread_id == get_ident():  # the batch opened inline (see HookTimer), as `begin()` would
+            timer.batch += 1
+            started = ctrl_c.count
+        else:
+            started = timer.begin()
+        left = iter(due)  # an interrupt ends the inner loop; the outer one goes on with the metrics left
         try:
-            while pos < n:
+            while True:
                 try:
-                    while pos < n:
-                        m = due[pos]
-                        pos += 1
+                    for m in left:
                         timer.hook = m
                         try:
                             value = m.fn(m.state)
-                            if value is None:
-                                m.errors_in_row = 0
-                                continue
                             if value.__class__ is float and m.floats:
                                 add(m.tag, value, step)
                                 shown = value
+                            elif value is None:
+                                m.errors_in_row = 0
+                                continue
                             else:
                                 shown = m.emit(writer, value, step)
                         except OverBudget:
@@ -100,15 +95,22 @@ class MetricRunner:
                         if m.errors_in_row:
                             m.errors_in_row = 0
                         m.recent.append((step, shown))
+                    break
                 except OverBudget:  # in a hook, or in between: for the hook the monitor named
                     late = timer.taken()
                     if isinstance(late, Metric):
                         self._timed_out(late, step)
         finally:
-            late = timer.end()
-            if isinstance(late, Metric):
-                self._timed_out(late, step)
+            timer.hook = None
+            if timer.firing or timer.fired:  # an interrupt fired or is firing: settle it
+                late = timer.end()
+                if isinstance(late, Metric):
+                    self._timed_out(late, step)
             self.registry.wrote = True
+        self._batches += 1
+        if not self._batches & (THREADS_EVERY - 1):  # one look (a lock round trip) every few batches
+            count = threading.active_count()
+            self._watch, self._threads_seen = count > self._threads_seen, count
 
     def _timed_out(self, m: Metric, step: int) -> None:
         e = self.timer.timeout()

@@ -9,6 +9,20 @@ import {downloadText, downloadUrl, el, formatValue, section} from './dom.js';
 
 const isSummary = (v) => v !== null && typeof v === 'object' && 'mean' in v;
 
+// The user's line an error points at, as `line N: <its text>`, when the error names one inside `code`.
+export function userLine(error, code) {
+  const n = error && Number.isInteger(error.line) ? error.line : null;
+  if (n === null) return '';
+  const text = String(code || '').split('\n')[n - 1];
+  return text === undefined ? `line ${n}` : `line ${n}: ${text.trim()}`;
+}
+
+// An error as one line: type, message and the user's line.
+export function errorLine(error, code) {
+  const where = userLine(error, code);
+  return `${error.type || 'Error'}: ${error.message || ''}${where ? ` (${where})` : ''}`;
+}
+
 // Tab indents, Shift+Tab dedents, Enter keeps the line's indentation (and adds one level after a colon).
 export function attachCodeEditing(area) {
   area.addEventListener('keydown', (e) => {
@@ -36,6 +50,11 @@ export function attachCodeEditing(area) {
       area.dispatchEvent(new Event('input'));
     }
   });
+}
+
+// A value as the tab shows it: a histogram's summary (mean and range), or the value.
+function formatShown(v) {
+  return isSummary(v) ? `mean ${formatValue(v.mean)} [${formatValue(v.min)}, ${formatValue(v.max)}]` : formatValue(v);
 }
 
 export class MetricsPanel {
@@ -153,8 +172,19 @@ export class MetricsPanel {
     try {
       const args = {name, code, every, kind: this.kind.value, replace: this.replace.checked};
       const resp = await this.app.send('add_metric', args);
-      if (resp.status === 'applied') {
-        this.say(`metric ${name} added at step ${resp.step ?? '–'}; its series is bidviz/${name}`);
+      const result = resp.result && typeof resp.result === 'object' ? resp.result : {};
+      const at = `at step ${resp.step ?? '–'}`;
+      if (resp.status === 'applied' && result.first_error) {
+        // Installed but paused: the form keeps the code, set to replace it, so fixing it is one edit and a click.
+        this.say(
+          `metric ${name} added ${at} but failed at its first run: ${errorLine(result.first_error, code)}\n` +
+            'It stays installed, paused: fix the code and add it again (replace is ticked), Resume it as it is, or Remove it.',
+          true,
+        );
+        this.replace.checked = true;
+      } else if (resp.status === 'applied') {
+        const first = 'first_value' in result ? `; first value ${formatShown(result.first_value)}` : '';
+        this.say(`metric ${name} added ${at}${first}; its series is bidviz/${name}`);
         this.name.value = '';
         this.code.value = '';
         this.syntax.textContent = '';
@@ -240,7 +270,9 @@ export class MetricsPanel {
       args.replace = true;
       try {
         const resp = await this.app.send(m.isRule ? 'add_rule' : 'add_metric', args);
+        const first = resp.result && typeof resp.result === 'object' ? resp.result.first_error : null;
         if (resp.status !== 'applied') failed.push(`${m.name}: ${errorText(resp.error)}`);
+        else if (first) failed.push(`${m.name}: added, paused: failed at its first run: ${errorLine(first, m.code)}`);
       } catch (e) {
         failed.push(`${m.name}: ${e.message}`);
       }
@@ -370,17 +402,20 @@ export class MetricsPanel {
       row.cells.status.className = `badge ${status}`;
       row.cells.every.textContent = `every ${m.every || 1}`;
       const v = m.last_value;
-      row.cells.value.textContent = isSummary(v) ? `mean ${formatValue(v.mean)} [${formatValue(v.min)}, ${formatValue(v.max)}]` : formatValue(v);
+      row.cells.value.textContent = formatShown(v);
       row.cells.step.textContent = m.last_step !== null && m.last_step !== undefined ? `@ ${m.last_step}` : '';
       if (row.cells.code.textContent !== m.code) row.cells.code.textContent = m.code || '';
       row.points = m.recent || [];
       this.draw(name, row);
       row.pause.hidden = status !== 'running';
       row.resume.hidden = status === 'running' || ended;
-      const err = m.last_error;
+      const first = m.first_error;
+      const err = first || m.last_error;
       row.cells.error.hidden = !err;
       if (err) {
-        const summary = `${m.error_count || 1} error(s); last: ${err.type || 'Error'}: ${err.message || ''}`;
+        const summary = first
+          ? `failed at its first run (step ${first.step ?? '–'}), so it is paused: ${errorLine(first, m.code)}`
+          : `${m.error_count || 1} error(s); last: ${errorLine(err, m.code)}`;
         const text = errorText(err);
         if (row.errorText !== summary + text) {
           const open = row.cells.error.open;

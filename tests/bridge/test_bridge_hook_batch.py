@@ -9,7 +9,9 @@ import time
 import numpy as np
 import torch
 
+from bidviz import protocol
 from bidviz.bridge import Bridge
+from bidviz.channel import Mailbox
 from bidviz.writers import read_scalars
 
 # Swallows everything an `except Exception` can: the budget's interrupt is a BaseException, raised again each budget.
@@ -74,3 +76,31 @@ def test_an_explicit_kind_that_does_not_fit_is_an_error_each_time(tmp_path):
         m = bridge.state()["metrics"]["t"]
     assert m["error_count"] == 2 and m["status"] == "running"
     assert "kind 'text' needs a str" in m["last_error"]["message"]
+
+
+def test_a_loop_with_metrics_applies_a_command_at_the_step_after_it_arrives(tmp_path):
+    """Between two looks at the rest (about every 10 ms of a fast loop), a loop with metrics only runs them; a command
+    handed off in between has the very next step apply it, not the next look, however many steps ahead that is."""
+    mb = Mailbox(tmp_path / "run")
+    with Bridge(tmp_path / "run") as bridge:
+        bridge.hparam("lr", 0.1, min=0.0)
+        bridge.add_metric("twice", "step * 2.0")
+        parts = bridge._parts
+        step = 0
+        while parts._house_at < step + 50:  # until the loop is fast enough that the next look is 50 steps ahead
+            bridge.step(step, loss=1.0)
+            step += 1
+            assert step < 1_000_000, "the next look never got ahead of the loop"
+        cid = mb.send(protocol.make_command("set_hparam", {"name": "lr", "value": 0.5}))
+        handed_at, deadline = None, time.monotonic() + 20
+        while (resp := mb.read_response(cid)) is None:
+            bridge.step(step, loss=1.0)
+            if handed_at is None and len(parts.handoff):
+                handed_at = step  # handed off during this step or after it: the next step applies it
+            step += 1
+            assert time.monotonic() < deadline, "no response"
+        assert bridge.hparams["lr"] == 0.5
+    assert resp["status"] == "applied"
+    assert handed_at is None or resp["step"] == handed_at + 1, (handed_at, resp["step"])
+    series = read_scalars(tmp_path / "run")
+    assert [s for s, _, _ in series["bidviz/twice"]] == list(range(step)), "the metric ran at every step"
