@@ -68,8 +68,9 @@ def _get(url: str) -> tuple[int, bytes]:
 def test_the_readme_walkthrough_twice_in_a_row(tmp_path: Path) -> None:
     lines = _walkthrough()
     assert lines[0] == "bidviz status runs" and lines[-1] == "bidviz stop runs/digits-1", lines
-    port = _free_port()
-    env = {**os.environ, "PORT": str(port), "LOGDIR": str(tmp_path / "runs"), "INSTALL": "0"}
+    port, serve_port = _free_port(), _free_port()
+    env = {**os.environ, "PORT": str(port), "SERVE_PORT": str(serve_port), "LOGDIR": str(tmp_path / "runs")}
+    env["INSTALL"] = "0"
     env["PYTHON"] = sys.executable
     env["TMPDIR"] = str(tmp_path)  # the demo's TensorBoard log goes there
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -107,6 +108,10 @@ def test_the_readme_walkthrough_twice_in_a_row(tmp_path: Path) -> None:
             time.sleep(0.5)
         assert demo.poll() is None, output()
         assert "Start another run beside it" in output()
+        # and so does the live page (bidviz serve), with the ended run in its list
+        status, body = _get(f"http://127.0.0.1:{serve_port}/api/runs")
+        assert status == 200 and "digits-1" in body.decode(), body
+        assert f"http://127.0.0.1:{serve_port}/" in output()
 
         # The first run has ended: a command to it is refused at once; one queued for a minute waits for a resume.
         out = shell("bidviz stop runs/digits-1")
