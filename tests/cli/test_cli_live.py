@@ -355,6 +355,7 @@ def test_metric_import_reports_each_failure(cli: Cli, run: Path, tmp_path: Path)
 
 
 def test_export_series_as_csv_and_json(cli: Cli, run: Path, tmp_path: Path, wait_until: WaitUntil) -> None:
+    assert cli("set", run, "lr=0.05").returncode == 0  # this test's own point of hparams/lr, whatever ran before
     assert cli("metric", "add", run, "export_me", "float(step)").returncode == 0
     try:
 
