@@ -107,7 +107,7 @@ def _check_keras_tensorboard_series(run: Path, series: dict[str, list[tuple[int,
     assert any((e + 1) * STEPS_PER_EPOCH > set_at for e, _, _ in epochs), (epochs, set_at)
     for epoch, _, lr in epochs:
         it = (epoch + 1) * STEPS_PER_EPOCH  # the iteration count at that epoch's end
-        expected = 0.5 * DECAY ** (it - set_at) if it > set_at else 0.05 * DECAY**it
+        expected = 0.5 * DECAY ** (it - set_at) if it >= set_at else 0.05 * DECAY**it  # set at it: 0.5 from it on
         assert lr == pytest.approx(expected, rel=1e-5), (epoch, it, set_at, lr)
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
