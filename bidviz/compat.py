@@ -9,6 +9,8 @@ inside the functions that need them, so importing this module never pulls in tor
 from __future__ import annotations
 
 import inspect
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from bidviz.errors import BIDVizError
@@ -19,6 +21,7 @@ __all__ = [
     "keras_jax_state_synced",
     "keras_lr_schedule",
     "tbx_write_event",
+    "thread_count",
     "torch_file_writer",
 ]
 
@@ -158,3 +161,17 @@ class _Missing:
 
 
 _MISSING = _Missing()
+
+
+def thread_count() -> Callable[[], int]:
+    """A function counting the threads alive, as `threading.active_count()` does, without its lock: the length of
+    threading's private `_active` and `_limbo` dicts (each `len` is atomic), for a caller that counts at every few
+    steps. Checked against CPython 3.10-3.13's threading; `threading.active_count` itself where those are missing."""
+    active, limbo = getattr(threading, "_active", None), getattr(threading, "_limbo", None)
+    if not isinstance(active, dict) or not isinstance(limbo, dict):
+        return threading.active_count
+
+    def count() -> int:
+        return len(active) + len(limbo)
+
+    return count

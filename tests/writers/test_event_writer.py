@@ -426,3 +426,26 @@ def test_a_url_is_refused_not_written_to_a_local_folder_named_after_it(
     with pytest.raises(ValueError, match="StoreWriter"):
         EventWriter("s3://bucket/runs/exp")
     assert list(tmp_path.iterdir()) == []  # no ./s3:/bucket/runs/exp
+
+
+def test_scalar_writer_writes_add_scalars_bytes_at_the_current_wall_time(tmp_path: Path) -> None:
+    """The Bridge's metrics write through `scalar_writer(tag)`: the same bytes as protobuf's for every tag, value and
+    step add_scalar takes (numpy and torch ones included), and refused once the writer is closed."""
+    cases = [(tag, value, step) for tag in TAGS for value in SCALARS for step in STEPS]
+    cases += [("numpy", np.float32(0.5), np.int64(7)), ("torch", torch.tensor(0.25), torch.tensor(8))]
+    before = time.time()
+    with EventWriter(tmp_path) as writer:
+        writes = {tag: writer.scalar_writer(tag) for tag in {tag for tag, _, _ in cases}}
+        for tag, value, step in cases:
+            writes[tag](value, step)
+    (file,) = tmp_path.iterdir()
+    written = records(file)[1:]
+    assert len(written) == len(cases)
+    for data, (tag, value, step) in zip(written, cases):
+        wall = event_pb2.Event.FromString(data).wall_time
+        assert before <= wall <= time.time()
+        value_pb = summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
+        expected = event_pb2.Event(wall_time=wall, step=int(step or 0), summary={"value": [value_pb]})
+        assert data == expected.SerializeToString(), (tag, value, step)
+    with pytest.raises(RuntimeError, match="closed"):
+        writes["loss"](1.0, 1)
