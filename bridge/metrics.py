@@ -158,8 +158,21 @@ def error_info(exc: BaseException, filename_prefix: str = "<") -> dict[str, Any]
         tb = tb.tb_next
     frames = traceback.extract_tb(tb) if tb is not None else []
     line = next((f.lineno for f in reversed(frames) if f.filename.startswith(filename_prefix)), None)
-    text = "".join(traceback.format_exception(type(exc), exc, tb))
-    return {"type": type(exc).__name__, "message": str(exc), "traceback": text, "line": line}
+    # User code chooses what it raises: a class made with type() where no __name__ is set has no __module__ (the
+    # traceback module fails on it), a __str__ may raise. Describing it must never fail in turn.
+    name = _described(lambda: str(type(exc).__name__), "an exception")
+    message = _described(lambda: str(exc), f"<str() of this {name} raised an error>")
+    text = _described(lambda: "".join(traceback.format_exception(type(exc), exc, tb)), "")
+    if not text:
+        text = f"Traceback (most recent call last):\n{''.join(traceback.format_list(frames))}{name}: {message}\n"
+    return {"type": name, "message": message, "traceback": text, "line": line}
+
+
+def _described(describe: Callable[[], str], otherwise: str) -> str:
+    try:
+        return describe()
+    except Exception:  # noqa: BLE001 - whatever the user's exception does when described
+        return otherwise
 
 
 def failure_info(exc: BaseException, filename_prefix: str) -> dict[str, Any]:

@@ -48,7 +48,8 @@ class MetricRunner:
         it, its code, and its value's write. Threads are counted every THREADS_EVERY batches; once more of them run
         than at the last count, each metric is watched on its own (`timer.call`, threads counted around it) until a
         step leaves none. On a distributed job every metric goes through `timer.call` (a reduced one talks to the
-        other ranks). This runs at every step of a loop with metrics: the batch is inline, not a call away."""
+        other ranks). A loop whose only work is its metrics runs them through `faststep` instead, which hands
+        whatever raises back here (`recover`)."""
         active = self.registry.active
         if active is not self._active:  # the registry makes a new list when the set changes
             self._active, self._every_step = active, all(m.every == 1 for m in active)
@@ -62,17 +63,50 @@ class MetricRunner:
             self._threads_seen = threading.active_count()
             return
         timer = self.timer
-        writer = self.registry.writer
-        add = writer.add_scalar
         if timer.thread_id == get_ident():  # the batch opened inline (see HookTimer), as `begin()` would
             timer.batch += 1
             started = ctrl_c.count
         else:
             started = timer.begin()
-        left = iter(due)  # an interrupt ends the inner loop; the outer one goes on with the metrics left
+        self._batch(iter(due), step, started, None)
+
+    def recover(self, exc: BaseException, m: Metric | None, active: list[Metric], step: int, started: int) -> None:
+        """A batch run inline (`faststep`) raised `exc` while running `m` of `active` (None: before the first):
+        handle it as `run`'s own batch would (the process's own Ctrl-C goes on up), then run the metrics after `m`,
+        and close the batch."""
+        if m is None and not isinstance(exc, OverBudget):
+            raise exc
+        left = iter(active[active.index(m) + 1 :] if m is not None else active)
+        self._batch(left, step, started, (exc, m))
+
+    def settle(self, step: int) -> None:
+        """Close a batch an interrupt fired or is firing in: the hook it was for has timed out."""
+        late = self.timer.end()
+        if isinstance(late, Metric):
+            self._timed_out(late, step)
+
+    @property
+    def watching(self) -> bool:
+        """Each metric is watched on its own for the threads it leaves (the last look found more)."""
+        return self._watch
+
+    def watch_threads(self) -> None:
+        """More threads run than at the last look: watch each metric on its own until a step leaves none."""
+        self._watch = True
+
+    def _batch(self, left: Any, step: int, started: int, raised: tuple[BaseException, Metric | None] | None) -> None:
+        timer = self.timer
+        writer = self.registry.writer
+        add = writer.add_scalar
         try:
-            while True:
+            while True:  # an interrupt ends the inner loop; the outer one goes on with the metrics left
                 try:
+                    if raised is not None:  # from `recover`: what the inline batch raised, handled as below
+                        exc, failed = raised
+                        raised = None
+                        if isinstance(exc, OverBudget) or is_real_ctrl_c(exc, started):
+                            raise exc
+                        self._failed(failed, step, exc)  # type: ignore[arg-type]
                     for m in left:
                         timer.hook = m
                         try:
@@ -103,9 +137,7 @@ class MetricRunner:
         finally:
             timer.hook = None
             if timer.firing or timer.fired:  # an interrupt fired or is firing: settle it
-                late = timer.end()
-                if isinstance(late, Metric):
-                    self._timed_out(late, step)
+                self.settle(step)
             self.registry.wrote = True
         self._batches += 1
         if not self._batches & (THREADS_EVERY - 1):  # one look (a lock round trip) every few batches
@@ -188,8 +220,19 @@ class MetricRunner:
                 "start threads (each step would start more)"
             )
 
+    def _describe(self, exc: BaseException) -> dict[str, Any]:
+        """`failure_info` of what a metric raised, under the hook budget: describing it runs the user's code too (its
+        `__str__`), which may loop for ever."""
+        try:
+            info: dict[str, Any] = self.timer.call(failure_info, exc, "<metric")
+        except MetricTimeout as e:
+            name = type(exc).__name__
+            info = {"type": name, "message": f"<the {name} could not be described: its str() {e}>", "line": None}
+            info["traceback"] = ""
+        return info
+
     def _failed(self, m: Metric, step: int, exc: BaseException, message: str | None = None) -> None:
-        info = failure_info(exc, "<metric")
+        info = self._describe(exc)
         if message is not None:
             info.update(message=message, traceback="", line=None)
         info["step"] = step

@@ -206,3 +206,22 @@ def test_mailbox_is_private(trainer):
         assert oct(d.stat().st_mode & 0o777) == oct(0o700)
     for f in [trainer.mailbox.journal_path, trainer.mailbox.state_path, *trainer.mailbox.outbox.iterdir()]:
         assert oct(f.stat().st_mode & 0o777) == oct(0o600), f
+
+
+UNDESCRIBABLE = [
+    ("raise type('Odd', (Exception,), {})()", "Odd"),  # made where no __name__ is set: no __module__
+    ("raise type('OddExit', (BaseException,), {})('x')", "OddExit"),
+    ("class E(Exception):\n    def __str__(self):\n        raise RuntimeError('no')\nraise E()", "E"),
+    ("class E(Exception):\n    def __str__(self):\n        return 42\nraise E()", "E"),  # str() of it: TypeError
+]
+
+
+@pytest.mark.parametrize(("code", "error_type"), UNDESCRIBABLE)
+def test_an_error_that_cannot_be_described_still_gets_its_answer(trainer, code, error_type):
+    """Describing an error runs the user's code too (its class, its __str__): a failed description must not lose
+    the answer nor the training process."""
+    resp = trainer.call("eval", code=code)
+    assert resp["status"] == "failed", resp
+    assert resp["error"]["type"] == error_type
+    assert isinstance(resp["error"]["message"], str) and resp["error"]["traceback"]
+    assert trainer.call("eval", code="6 * 7")["result"] == 42
