@@ -67,9 +67,7 @@ class Bridge:
     ) -> None:
         self._calls = 0
         self._next_check = 0
-        #: called in the training thread right before commands are applied or metrics run at a step: framework
-        #: adapters use it to copy device-resident state back into framework objects (Keras on JAX)
-        self.prepare: Callable[[], Any] | None = None
+        self._prepare: Callable[[], Any] | None = None
         ref = weakref.ref(self)
         self._parts = parts = Parts(
             run_dir,
@@ -111,7 +109,18 @@ class Bridge:
         if self._calls >= self._next_check:
             if loss is not None:
                 context["loss"] = loss
-            self._next_check = self._parts.slow_step(self._calls, step, context, self.prepare)
+            self._next_check = self._parts.slow_step(self._calls, step, context, self._prepare)
+
+    @property
+    def prepare(self) -> Callable[[], Any] | None:
+        """Called in the training thread right before commands are applied or metrics run at a step: framework
+        adapters use it to copy device-resident state back into framework objects (Keras on JAX)."""
+        return self._prepare
+
+    @prepare.setter
+    def prepare(self, fn: Callable[[], Any] | None) -> None:
+        self._prepare = fn
+        self._parts.attend()  # the next step takes the whole slow path, which calls it (not `faststep`)
 
     @property
     def should_stop(self) -> bool:

@@ -23,11 +23,12 @@ from bidviz import protocol
 from bidviz.channel import is_url, mailbox_for
 from bidviz.errors import ChannelError, ProtocolError
 
+from . import faststep
 from .admission import Admitted
 from .applier import Applier
 from .effects import Rendered, Runtime
 from .handoff import Handoff
-from .interrupt import HookTimer, mark_ctrl_c
+from .interrupt import HookTimer, get_ident, mark_ctrl_c
 from .lockstep import Lockstep, NullWriter, Quiet
 from .mailroom import Mailroom
 from .metrics import Metric, compile_metric, error_info
@@ -86,6 +87,9 @@ class Parts:
         self.hook_budget = hook_budget
         self.started_at = time.time()
         self._poke = poke
+        self._bridge = weakref.ref(bridge)
+        #: the bridge's fast `step`, made the first time the loop's only work is its metrics
+        self._fast: faststep.FastStep | None = None
         #: the call count from which the slow path looks at everything again; below it, a loop with metrics only
         #: runs them (`attend` sets it to 0: a command handed off, the metric set changed, the loop slowed down)
         self._house_at = 0
@@ -170,8 +174,11 @@ class Parts:
     # -- the slow path of step(), in the training thread ---------------------------------------------------------
 
     def attend(self) -> None:
-        """Have the next `step()` take the whole slow path (any thread: two stores)."""
+        """Have the next `step()` take the whole slow path (any thread: a few stores)."""
         self._house_at = 0
+        fast = self._fast
+        if fast is not None:
+            fast.hold()
         self._poke()
 
     def slow_step(self, calls: int, step: int | None, context: dict[str, Any], prepare: Any) -> int:
@@ -241,15 +248,46 @@ class Parts:
             nxt = calls + 1
             if self.handoff:
                 self._house_at = 0
+            fast = not self.handoff
         elif self.registry.active or self.net.active or (self.handoff and self.lockstep is None):
-            nxt = calls + 1
+            nxt, fast = calls + 1, False
         else:
-            nxt = later
+            nxt, fast = later, False
+        if fast or self._fast is not None:
+            self._use_fast_step(fast, self._house_at)
         self._last_slow = now
         self._calls_at_slow = calls
         if self.lockstep is not None:
             nxt = min(nxt, self.lockstep.ranks.next_sync)
         return nxt
+
+    def _use_fast_step(self, metrics_only: bool, until: int) -> None:
+        """Have `faststep` run the metrics until call `until` while the loop's only work is its metrics (all at
+        every step, in this thread, in one process, no `prepare`, none watched for threads), as the bridge's own
+        `step`; otherwise hold it and give the bridge back its class's `step`."""
+        fast, active, bridge = self._fast, self.registry.active, self._bridge()
+        if bridge is None:
+            return
+        if (
+            metrics_only
+            and bridge._prepare is None
+            and self.ranks is None
+            and not self.runner.watching
+            and not self.control.paused
+            and self.timer.thread_id == get_ident()
+            and all(m.every == 1 for m in active)
+        ):
+            if fast is None:
+                fast = self._fast = faststep.FastStep(self, bridge)
+            fast.use(active, until)
+            if self._house_at == 0:  # `attend` ran since `_house_at` was stored: its `hold` may have come first
+                fast.hold()
+            if bridge.__dict__.get("step") is not fast.fn:
+                bridge.__dict__["step"] = fast.fn
+        elif fast is not None:
+            fast.use(active, 0)
+            if bridge.__dict__.get("step") is fast.fn:
+                del bridge.__dict__["step"]
 
     def _check_restart(self, step: int) -> None:
         """A resumed run whose loop restarted its step count: say so once (stderr and journal), since its curves
@@ -370,6 +408,8 @@ class Parts:
         """Answer what will never be applied, write everything, release the run. Runs once (weakref.finalize)."""
         control = self.control
         control.closed = True
+        if self._fast is not None:
+            self._use_fast_step(False, 0)
         self.timer.close()
         self.now_timer.close()
         held = self.lockstep.close() if self.lockstep is not None else []  # posted to the ranks, never applied
