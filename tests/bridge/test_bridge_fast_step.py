@@ -149,7 +149,8 @@ def test_a_hook_run_from_another_thread_is_interrupted_in_that_thread(tmp_path):
         metric = bridge.state()["metrics"]["stubborn"]
     assert metric["status"] == "disabled" and metric["last_error"]["type"] == "MetricTimeout"
     plain = _series(tmp_path / "run")["bidviz/plain"]
-    assert plain == [(i, 3.0) for i in range(50)] + [(i, 6.0) for i in range(50, 60)] + [(i, 9.0) for i in range(60, 80)]
+    expected = [(i, 3.0) for i in range(50)] + [(i, 6.0) for i in range(50, 60)] + [(i, 9.0) for i in range(60, 80)]
+    assert plain == expected
 
 
 def test_a_prepare_set_while_the_fast_step_runs_is_called_before_every_later_step(tmp_path):

@@ -441,7 +441,7 @@ def test_scalar_writer_writes_add_scalars_bytes_at_the_current_wall_time(tmp_pat
     (file,) = tmp_path.iterdir()
     written = records(file)[1:]
     assert len(written) == len(cases)
-    for data, (tag, value, step) in zip(written, cases):
+    for data, (tag, value, step) in zip(written, cases, strict=True):
         wall = event_pb2.Event.FromString(data).wall_time
         assert before <= wall <= time.time()
         value_pb = summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
