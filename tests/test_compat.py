@@ -191,3 +191,21 @@ def test_hf_callbacks_of_caller_finds_the_handler_calling_us() -> None:
     assert found["near"] == handler.callbacks and found["near"] is not handler.callbacks
     assert found["too_shallow"] is None
     assert compat.hf_callbacks_of_caller() is None  # not called from a Trainer
+
+
+def test_thread_count_reads_threadings_own_count_and_follows_it() -> None:
+    import threading
+
+    count = compat.thread_count()
+    assert count is not threading.active_count, "the lock-free route is the one taken on this Python"
+    release = threading.Event()
+    started = [threading.Thread(target=release.wait) for _ in range(5)]
+    before = count()
+    assert before == threading.active_count()
+    for thread in started:
+        thread.start()
+    assert count() == threading.active_count() == before + 5
+    release.set()
+    for thread in started:
+        thread.join()
+    assert count() == threading.active_count() == before
