@@ -210,7 +210,7 @@ def _first_bad(buffer: bytes, heads: np.ndarray, lengths: np.ndarray, whole: int
 def _length_crcs(lengths: np.ndarray) -> np.ndarray:
     """The masked CRC32C of each uint64 length's 8 bytes: a table for those below 2**16, computed for the rest."""
     _, low, high, table = _crc_tables()
-    crcs = table[np.minimum(lengths, 0xFFFF)]
+    crcs: np.ndarray = table[np.minimum(lengths, 0xFFFF)]
     large = np.flatnonzero(lengths > 0xFFFF)
     if len(large):
         crcs[large] = _masked(_crc32c_u64(lengths[large], low, high))
