@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import struct
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -279,3 +281,30 @@ def test_numpy_crc32c_is_google_crc32c() -> None:
         starts = np.arange(0, len(buffer) - size, 37, dtype=np.int64)
         expected = [google_crc32c.value(buffer[s : s + size]) for s in starts.tolist()]
         assert _crc32c_spans(buffer, starts, size).tolist() == expected, size
+
+
+def test_without_google_crc32c_the_same_records_and_errors(tmp_path: Path) -> None:
+    """The pure-Python CRC32C takes the records numpy's tables do not (long ones, rare lengths)."""
+    file = mixed_file(tmp_path)
+    data = bytearray(file.read_bytes())
+    bad = heads(bytes(data))[-100]
+    data[bad + 14] ^= 0x01
+    corrupt = tmp_path / "events.out.tfevents.2.corrupt"
+    corrupt.write_bytes(bytes(data))
+    code = f"""
+import sys
+sys.modules["google_crc32c"] = None  # makes `import google_crc32c` fail
+from bidviz.writers import CRC32C_IMPLEMENTATION
+from bidviz.writers.record_buffers import iter_record_buffers
+assert CRC32C_IMPLEMENTATION.startswith("pure Python"), CRC32C_IMPLEMENTATION
+print(sum(len(b) for b in iter_record_buffers({str(file)!r})))
+try:
+    list(iter_record_buffers({str(corrupt)!r}))
+except ValueError as e:
+    print(e)
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=300, capture_output=True, text=True).stdout
+    assert out.splitlines() == [
+        str(len(old_records(file))),
+        f"{corrupt}: corrupted record at byte offset {bad} (data checksum mismatch)",
+    ]
