@@ -4,8 +4,8 @@
 import). Most scalar events of a run differ only in wall time, step and value, so once an event has been decoded
 in full, the bytes between its step and its value become a key: every later record holding the same bytes is read
 with two unpacks and one dictionary lookup. That is sound because identical bytes before the value mean an
-identical message structure, with the value's fixed-width field at the very end. A whole read of a file at a time
-(`ScalarDecoder.feed_buffer`), numpy finds which records share a key, and only the others take a Python step.
+identical message structure, with the value's fixed-width field at the very end. Given a whole read of a file at
+once (`ScalarDecoder.feed_buffer`), numpy finds which records share a key, and only the others take a Python step.
 
 `read_events` parses every record into an `Event` proto (tensorboard's when installed, else tensorboardX's).
 """
@@ -137,8 +137,8 @@ class ScalarDecoder:
         A record is read from its last 4 bytes when its key is known by the time it is reached, as in `feed`:
         the key groups (`scalar_keys`) say which records share a key, so Python steps only from one record to
         decode in full (a key not known yet, a histogram, an image...) to the next, and the points of the rest are
-        added per tag at the end, each tag's in file order. A buffer too irregular for that (too many keys, or as
-        many full decodes as not) goes through `feed` instead, from where it turned out so.
+        added per tag at the end, each tag's in file order. A buffer too irregular for that (too many keys, or more
+        records to decode in full than not) goes through `feed` instead, from where it turned out so.
         """
         if len(records) < _BUFFER_MIN:
             self.feed(file, records.records())
