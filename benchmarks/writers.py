@@ -4,10 +4,13 @@ EventWriter, for every kind of value; events/s of our reader and of TensorBoard'
     python benchmarks/writers.py            # quick, about a minute on 2 cores
     python benchmarks/writers.py --full     # ten times the points
     python benchmarks/writers.py --dir /data/runs   # temp runs on the file system your runs use
+    python benchmarks/writers.py --only readers     # or writers: one section
 
 Each writer's time runs from its first call to the end of close(), so work a writer leaves to a background thread
-(tensorboardX and torch serialize and write in one) is counted. Exit status 1 if our scalar writer is under 20x
-tensorboardX's, if any other kind is slower than tensorboardX's, or if our reader is under 500k scalar events/s.
+(tensorboardX and torch serialize and write in one) is counted. The reader is timed beside the per-record reader it
+replaced, in interleaved rounds. Exit status 1 if our scalar writer is under 20x tensorboardX's, if any other kind
+is slower than tensorboardX's, or if `read_scalars` is under 1.5M scalar events/s and under 1.75x the per-record
+reader (the target's ratio to what that reached unloaded: the fair test on a loaded or slower machine).
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ from typing import Any
 import numpy as np
 
 SCALAR_TARGET = 20.0  # ours / tensorboardX, scalars
-READ_TARGET = 500_000  # scalar events/s
+READ_TARGET = 1_500_000  # scalar events/s of read_scalars (issue 12)
+READ_PREVIOUS = 860_000  # what the per-record reader reached on an unloaded machine (2 cores)
+READ_RATIO = 1.75  # READ_TARGET / READ_PREVIOUS: the test on a machine slower than that
+READ_ROUNDS = 3
 
 
 def timed(make: Callable[[Path], Any], write: Callable[[Any, int], None], n: int, run_dir: Path) -> float:
@@ -111,6 +117,19 @@ def bench_writers(base: Path, n: int) -> bool:
     return ok
 
 
+def read_per_record(run: Path) -> dict[str, list[tuple[int, float, float]]]:
+    """The reader before issue 12's last step: records framed and decoded one at a time (`iter_record_batches`,
+    `ScalarDecoder.feed`), as `read_scalars` did; both are still the library's, for `read_events` and small reads."""
+    from bidviz.writers.reader import ScalarDecoder, event_files
+    from bidviz.writers.records import iter_record_batches
+
+    decoder = ScalarDecoder()
+    for file in event_files(run):
+        for batch in iter_record_batches(file):
+            decoder.feed(file, batch)
+    return decoder.series
+
+
 def bench_reader(base: Path, n: int) -> bool:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.compat.proto import event_pb2
@@ -135,25 +154,40 @@ def bench_reader(base: Path, n: int) -> bool:
         tf2_writer.add_event(event_pb2.Event(step=i, wall_time=time.time(), summary=summary))
     tf2_writer.close()
 
-    print(f"\nreaders: scalar events/s, {n} events in 10 tags")
+    print(f"\nreaders: scalar events/s, {n:,} events in 10 tags, best of {READ_ROUNDS} interleaved rounds")
+    print(
+        f"{'file':42}{'read_scalars':>14}{'per record':>12}{'ratio':>8}{'EventAccumulator':>18}  "
+        f"target >= {READ_TARGET:,} (or >= {READ_RATIO:g}x per record)"
+    )
     ok = True
     for label, run in (("simple_value (ours, tensorboardX, torch)", ours), ("TF2 tensor scalars", tf2)):
-        ours_rate = 0.0
-        for _round in range(3):
-            start = time.perf_counter()
-            series = read_scalars(run)
-            ours_rate = max(ours_rate, n / (time.perf_counter() - start))
-            assert sum(map(len, series.values())) == n
+        rates = {"new": 0.0, "per record": 0.0}
+        for _round in range(READ_ROUNDS):
+            for name, read in (("per record", read_per_record), ("new", read_scalars)):
+                gc.collect()
+                start = time.perf_counter()
+                series = read(run)
+                rates[name] = max(rates[name], n / (time.perf_counter() - start))
+                assert sum(map(len, series.values())) == n
+                del series
         accumulator = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
         start = time.perf_counter()
         accumulator.Reload()
         their_rate = n / (time.perf_counter() - start)
-        verdict = "PASS" if ours_rate >= READ_TARGET else "MISS"
-        ok &= ours_rate >= READ_TARGET
-        print(
-            f"{label:42} read_scalars {ours_rate:>10,.0f}   EventAccumulator {their_rate:>9,.0f}   "
-            f"{ours_rate / their_rate:.1f}x  {verdict} (>= {READ_TARGET:,})"
-        )
+        ratio = rates["new"] / rates["per record"]
+        if rates["new"] >= READ_TARGET:
+            verdict = "PASS"
+        elif ratio >= READ_RATIO:
+            verdict = "PASS (by the ratio: this machine is slower than an unloaded one)"
+        else:
+            verdict = "MISS"
+        ok &= verdict != "MISS"
+        cells = f"{rates['new']:>14,.0f}{rates['per record']:>12,.0f}{ratio:>7.2f}x{their_rate:>18,.0f}"
+        print(f"{label:42}{cells}  {verdict}")
+    print(
+        f"(per record: the reader as it was, which reached {READ_PREVIOUS:,} events/s unloaded, so {READ_TARGET:,} is "
+        f"{READ_RATIO:g}x it: on a loaded or slower machine the ratio measured here is the fair test)"
+    )
     return ok
 
 
@@ -161,6 +195,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="ten times the points")
     parser.add_argument("--dir", help="where to put the temporary runs (default: the system's temp directory)")
+    parser.add_argument("--only", choices=["writers", "readers"], help="one of the two sections")
     opts = parser.parse_args()
     n = 2_000_000 if opts.full else 200_000
     from bidviz.writers import CRC32C_IMPLEMENTATION
@@ -168,8 +203,11 @@ def main() -> int:
     print(f"CRC32C: {CRC32C_IMPLEMENTATION}; python {sys.version.split()[0]}")
     base = Path(tempfile.mkdtemp(prefix="bidviz-bench-", dir=opts.dir))
     try:
-        ok = bench_writers(base, n)
-        ok &= bench_reader(base, n)
+        ok = True
+        if opts.only != "readers":
+            ok &= bench_writers(base, n)
+        if opts.only != "writers":
+            ok &= bench_reader(base, n)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0 if ok else 1

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 
 from bidviz.writers.reader import ScalarDecoder, Series, event_files
-from bidviz.writers.records import iter_record_batches
+from bidviz.writers.record_buffers import iter_record_buffers
 
 __all__ = ["EventTail", "TailUpdate"]
 
@@ -62,10 +62,9 @@ class EventTail:
             start = self._offsets.get(file, 0)
             if size < start:
                 start = 0  # rewritten, not appended to
-            for batch in iter_record_batches(file, start=start, warn_truncated=False):
-                self.decoder.feed(file, batch)
-                last_offset, last_data = batch[-1]
-                self._offsets[file] = last_offset + len(last_data) + 16
+            for records in iter_record_buffers(file, start=start, warn_truncated=False):
+                self.decoder.feed_buffer(file, records)
+                self._offsets[file] = records.end
             self._offsets.setdefault(file, start)
             self._sizes[file] = size
         update = TailUpdate()
