@@ -91,7 +91,9 @@ def iter_record_buffers(
             stream.seek(start)
         buffer, offset, need = b"", start, 0  # the part of a record the last read ended in, its offset, its size
         while True:
-            more = stream.read(max(read_size, need - len(buffer)))
+            # never more than the file holds: a crafted length (its checksum right) must not allocate exabytes
+            left = os.fstat(stream.fileno()).st_size - stream.tell()
+            more = stream.read(max(0, min(max(read_size, need - len(buffer)), left)))
             if not more:
                 if buffer and warn_truncated:
                     warnings.warn(f"{name}: skipped a truncated record at byte offset {offset}", stacklevel=stacklevel)

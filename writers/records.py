@@ -139,7 +139,9 @@ def iter_record_batches(
                     yield batch
                     batch = []
                 buffer, offset, position, end = buffer[position:], offset + position, 0, length + 16
-                buffer += stream.read(max(_READ_SIZE, end - len(buffer)))
+                # never more than the file holds: a crafted length (its checksum right) must not allocate exabytes
+                left = os.fstat(stream.fileno()).st_size - stream.tell()
+                buffer += stream.read(max(0, min(max(_READ_SIZE, end - len(buffer)), left)))
                 size = len(buffer)
                 if end > size:
                     if warn_truncated:

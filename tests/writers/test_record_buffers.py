@@ -308,3 +308,23 @@ except ValueError as e:
         str(len(old_records(file))),
         f"{corrupt}: corrupted record at byte offset {bad} (data checksum mismatch)",
     ]
+
+
+@pytest.mark.parametrize("length", [2**62, 2**40, 10**9])
+def test_a_crafted_huge_length_is_a_truncated_record_not_an_allocation(tmp_path, length):
+    """A header whose length checksum is right but whose length runs far past the file: both readers treat it as
+    a record cut short (a warning, the records before it kept), never try to read (allocate) that many bytes."""
+    from bidviz.writers import EventWriter, read_scalars
+    from bidviz.writers.records import iter_records, masked_crc
+
+    with EventWriter(tmp_path / "run") as writer:
+        for i in range(3):
+            writer.add_scalar("loss", float(i), i)
+    (file,) = (tmp_path / "run").iterdir()
+    head = struct.pack("<Q", length)
+    with open(file, "ab") as f:
+        f.write(head + struct.pack("<I", masked_crc(head)) + b"\0" * 64)
+    with pytest.warns(UserWarning, match="truncated"):
+        assert [(s, v) for s, _, v in read_scalars(tmp_path / "run")["loss"]] == [(0, 0.0), (1, 1.0), (2, 2.0)]
+    with pytest.warns(UserWarning, match="truncated"):
+        assert len(list(iter_records(file))) == 4  # the file version and the three values
