@@ -214,3 +214,24 @@ def test_an_error_whose_description_never_ends_is_cut_at_the_budget(tmp_path):
     assert "could not be described" in metric["last_error"]["message"]
     assert elapsed < 0.3 * ERRORS_TO_DISABLE * 4
     assert [s for s, _ in _series(tmp_path / "run")["bidviz/plain"]] == list(range(40))
+
+
+def test_a_forgotten_bridge_with_the_fast_step_is_closed_when_its_last_reference_goes(tmp_path):
+    """The fast step holds the bridge's attributes, not the bridge: no cycle keeps a forgotten bridge (and its
+    ownership of the run) alive until a garbage collection that may never come."""
+    import gc
+
+    gc.disable()
+    try:
+        bridge = Bridge(tmp_path / "run")
+        bridge.add_metric("m", "loss")
+        for i in range(200):
+            bridge.step(i, loss=1.0)
+        assert "step" in vars(bridge)
+        parts = bridge._parts
+        del bridge
+        assert parts.control.closed
+        with Bridge(tmp_path / "run") as again:  # the run is free for a new bridge at once
+            again.step(0)
+    finally:
+        gc.enable()
