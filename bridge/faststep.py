@@ -2,17 +2,18 @@
 
 A loop with metrics calls `step()` at every step, and at N = 1 the layers between it and the metric (the slow path,
 then the runner) cost more than writing the value itself. While the bridge has metrics only (every one running at
-every step, in one process, no rules, no `prepare`), `Parts` installs the function `build` returns as the
+every step, in one process and one thread, no rules, no `prepare`), `Parts` installs `FastStep.fn` as the
 instance's `step` attribute, so `bridge.step(...)` finds it before the class's method. It does what `Bridge.step`,
 the metrics-only branch of `Parts.slow_step` and `MetricRunner.run` do for a batch that raises nothing, inline:
 count the call, check the loss (divergence guard), update the namespace, open the hook timer's batch, and per
-metric: name it to the timer, run its code, write a float with the writer's `add_scalar`, keep it in `recent`.
+metric: name it to the timer, run its code, write a float through the writer's `scalar_writer` for its tag (or
+`add_scalar`), keep it in `recent`.
 
-Everything else goes the general way, at once and in the same step: the house-keeping due every CHECK_SECONDS (or
-at once: `attend` stores 0 in `_house_at`), a changed metric set, a call from another thread, a retired function
-(one a loop kept from before); a value that is not a float goes to the metric's `emit`; anything raised goes to the
-runner (`MetricRunner.recover`), which handles it as its own batch would and runs the metrics left. The counter is
-the bridge's own `_calls` (kept in its `__dict__`, which this function holds instead of the bridge, so a forgotten
+Everything else goes the general way, at once and in the same step: the house-keeping due every CHECK_SECONDS, a
+held function (`attend` holds it: a command handed off, the metric set changed), a call from another thread; a
+value that is not a float goes to the metric's `emit`; anything raised goes to the runner
+(`MetricRunner.recover`), which handles it as its own batch would and runs the metrics left. The counter is the
+bridge's own `_calls` (kept in its `__dict__`, which this function holds instead of the bridge, so a forgotten
 bridge is still freed, and closed, when its last reference goes), so both ways count the same calls.
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from bidviz.compat import thread_count
 
@@ -30,17 +31,18 @@ from .runner import THREADS_EVERY
 Step = Callable[..., None]
 
 
-class FastStep:
+class FastStep(NamedTuple):
     """One bridge's fast `step` (`fn`, made once) and the two ways to steer it: `use` (the training thread, at its
     house-keeping: the metric set to run and the call count up to which to run it alone) and `hold` (any thread:
     from the next call on, take the general way until `use` says otherwise). A loop that kept `fn` from before
     keeps a working step: held, it goes the general way."""
 
-    def __init__(self, parts: Any, bridge: Any) -> None:
-        self.fn, self.use, self.hold = _build(parts, bridge)
+    fn: Step
+    use: Callable[[list[Any], int], None]
+    hold: Callable[[], None]
 
 
-def _build(parts: Any, bridge: Any) -> tuple[Step, Callable[[list[Any], int], None], Callable[[], None]]:
+def build(parts: Any, bridge: Any) -> FastStep:
     registry, runner, control, ns, timer = parts.registry, parts.runner, parts.control, parts.namespace, parts.timer
     slow_step = parts.slow_step
     state = bridge.__dict__  # `_calls`, `_next_check`, `_prepare`: the bridge's own attributes
@@ -121,4 +123,4 @@ def _build(parts: Any, bridge: Any) -> tuple[Step, Callable[[list[Any], int], No
         nonlocal limit
         limit = 0
 
-    return step, use, hold
+    return FastStep(step, use, hold)

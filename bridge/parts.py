@@ -247,8 +247,8 @@ class Parts:
             self._house_at = later
             nxt = calls + 1
             if self.handoff:
-                self._house_at = 0
-            fast = not self.handoff
+                self._house_at = 0  # the fast step stays, held: the next call takes the slow path
+            fast = True
         elif self.registry.active or self.net.active or (self.handoff and self.lockstep is None):
             nxt, fast = calls + 1, False
         else:
@@ -278,7 +278,7 @@ class Parts:
             and all(m.every == 1 for m in active)
         ):
             if fast is None:
-                fast = self._fast = faststep.FastStep(self, bridge)
+                fast = self._fast = faststep.build(self, bridge)
             fast.use(active, until)
             if self._house_at == 0:  # `attend` ran since `_house_at` was stored: its `hold` may have come first
                 fast.hold()
