@@ -12,6 +12,7 @@ count of their bytes a short write already put in the file: the next flush write
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import os
 import socket
@@ -29,12 +30,34 @@ __all__ = ["EventWriter"]
 
 _file_ids = itertools.count()
 _WALL = struct.Struct("<Bd")  # the wall_time key (field 1, fixed64) and the double
-_FOOTER = struct.Struct("<I").pack
-_FLOAT = struct.Struct("<f").pack
+_MASK_DELTA = 0xA282EAD8
+_M32 = 0xFFFFFFFF
 # Past these a write wakes the flusher rather than leave the backlog for up to flush_secs. Scalars count records
 # (cheaper than bytes on the fast path; a scalar record is about 40 bytes), the other kinds bytes.
 _MAX_PENDING_RECORDS = 1 << 15
 _MAX_PENDING_BYTES = 1 << 22
+
+
+@functools.cache
+def _scalar_packs(head_size: int) -> tuple[tuple[Callable[..., bytes], Callable[..., bytes], bytes], ...]:
+    """For a scalar event whose bytes after the step (`summaries.scalar_head`) are `head_size` long, per width of the
+    step's varint (1, 2, 3 bytes): the event's pack (wall time key and double, step key and bytes, head, float), the
+    record's pack (header, event, masked CRC) and the record's header. Shared by every tag of that size."""
+    packs = []
+    for width in (1, 2, 3):
+        size = 9 + 1 + width + head_size + 4
+        event = struct.Struct(f"<Bd{1 + width}B{head_size}sf").pack
+        packs.append((event, struct.Struct(f"<12s{size}sI").pack, records.header(size)))
+    return tuple(packs)
+
+
+def _scalar_event(head: bytes, value: float, step: int, wall: float) -> bytes:
+    """A one-scalar event, the general way: any step, any wall time, any value `float()` takes (past float32's
+    range: an infinity, as protobuf stores it)."""
+    data = _WALL.pack(9, wall) if wall else b""  # a zero wall_time is a proto3 default: not written
+    if step:
+        data += b"\x10" + summaries.varint(summaries.checked_step(step))
+    return data + head + summaries.pack_float(float(value))
 
 
 class _Sink:
@@ -143,7 +166,7 @@ class EventWriter:
         sink = self._sink = _Sink(self.path, self.flush_secs)
         self._pending = sink.pending
         self._sync = self.flush_secs <= 0
-        self._heads: dict[str, bytes] = {}
+        self._scalars: dict[str, Callable[..., None]] = {}  # tag -> its scalar_writer
         self._finalizer = weakref.finalize(self, sink.close)
         self._append(records.frame(summaries.file_version_event()))
         sink.flush()  # the file is complete from the start, so TensorBoard lists the run at once
@@ -152,70 +175,50 @@ class EventWriter:
 
     def add_scalar(self, tag: str, value: float, step: int | None = 0, walltime: float | None = None) -> None:
         """One scalar (a `simple_value`, as tensorboardX and torch write it). NaN and infinities are kept."""
-        # The event's bytes are built by hand (see summaries.scalar_head); test_event_writer checks them against
-        # protobuf's serialization byte for byte.
-        head = self._heads.get(tag)
-        if head is None:
-            head = self._heads[tag] = summaries.scalar_head(tag)
-        if step.__class__ is not int:
-            step = 0 if step is None else int(step)  # type: ignore[call-overload]
-        if walltime is None:
-            data = _WALL.pack(9, time.time())
-        elif walltime:
-            data = _WALL.pack(9, float(walltime))
-        else:
-            data = b""  # a zero wall_time is a proto3 default: not written
-        if step:  # field 2, a varint: inline up to 3 bytes (steps below 2M), the general encoder beyond
-            if 0 < step < 0x80:
-                data += bytes((0x10, step))
-            elif 0 < step < 0x4000:
-                data += bytes((0x10, step & 0x7F | 0x80, step >> 7))
-            elif 0 < step < 0x200000:
-                data += bytes((0x10, step & 0x7F | 0x80, step >> 7 & 0x7F | 0x80, step >> 14))
-            else:
-                data += b"\x10" + summaries.varint(step)
-        try:
-            data += head + _FLOAT(float(value))
-        except OverflowError:
-            data += head + summaries.pack_float(float(value))
-        record = records.header(len(data)) + data + _FOOTER(records.masked_crc(data))
-        sink = self._sink
-        if sink.closed:
-            raise RuntimeError(f"the EventWriter for {self.run_dir!r} is closed")
-        pending = self._pending
-        pending.append(record)
-        if self._sync:
-            sink.flush()
-        elif len(pending) > _MAX_PENDING_RECORDS:
-            sink.wake.set()
+        write = self._scalars.get(tag)
+        if write is None:
+            write = self._scalars[tag] = self.scalar_writer(tag)
+        write(value, step, walltime)
 
-    def scalar_writer(self, tag: str) -> Callable[[float, int], None]:
-        """A function `write(value, step)` that writes `tag`'s scalar as `add_scalar(tag, value, step)` would, at
-        the current wall time, with what depends on the tag and the writer looked up once: for a caller that writes
-        one tag again and again (the Bridge's metrics). Same bytes as add_scalar (test_event_writer checks both)."""
+    def scalar_writer(self, tag: str) -> Callable[..., None]:
+        """A function `write(value, step=0, walltime=None)` that writes `tag`'s scalar as `add_scalar` does, with
+        everything that depends only on the tag made once: for a caller that writes one tag again and again (the
+        Bridge's metrics; `add_scalar` keeps one per tag).
+
+        The event's bytes are built by hand and test_event_writer checks them against protobuf's serialization byte
+        for byte. For a step of 1 to 3 varint bytes (1 to 2**21 - 1) the event is one `struct` pack and the record
+        another: the event's length, and so the record's header, only depends on the step's width. Other steps, a
+        wall time of 0 (a proto3 default: not written) and values `struct` does not take as they are (an int past
+        float32, a string) go the general way, which writes what protobuf would.
+        """
         head = summaries.scalar_head(tag)
-        sink, pending, sync, header, masked = self._sink, self._pending, self._sync, records.header, records.masked_crc
-        wall, now, as_float, footer, run_dir = _WALL.pack, time.time, _FLOAT, _FOOTER, self.run_dir
+        (d1, r1, h1), (d2, r2, h2), (d3, r3, h3) = _scalar_packs(len(head))
+        sink, pending, sync, run_dir = self._sink, self._pending, self._sync, self.run_dir
+        now, crc32c, frame = time.time, records.crc32c, records.frame
 
-        def write(value: float, step: int) -> None:
+        def write(value: float, step: int | None = 0, walltime: float | None = None) -> None:
             if step.__class__ is not int:
-                step = 0 if step is None else int(step)
-            data = wall(9, now())
-            if 0 < step < 0x80:
-                data += bytes((0x10, step))
-            elif 0 < step < 0x4000:
-                data += bytes((0x10, step & 0x7F | 0x80, step >> 7))
-            elif 0 < step < 0x200000:
-                data += bytes((0x10, step & 0x7F | 0x80, step >> 7 & 0x7F | 0x80, step >> 14))
-            elif step:
-                data += b"\x10" + summaries.varint(step)
+                step = 0 if step is None else int(step)  # type: ignore[call-overload]
+            wall = now() if walltime is None else float(walltime)
             try:
-                data += head + as_float(float(value))
-            except OverflowError:
-                data += head + summaries.pack_float(float(value))
+                if not 0 < step < 0x200000 or not wall:
+                    raise OverflowError  # the general way
+                if step < 0x80:
+                    data = d1(9, wall, 0x10, step, head, value)
+                    pack, header = r1, h1
+                elif step < 0x4000:
+                    data = d2(9, wall, 0x10, step & 0x7F | 0x80, step >> 7, head, value)
+                    pack, header = r2, h2
+                else:
+                    data = d3(9, wall, 0x10, step & 0x7F | 0x80, step >> 7 & 0x7F | 0x80, step >> 14, head, value)
+                    pack, header = r3, h3
+                crc = crc32c(data)  # masked as `records.masked_crc` does: rotated right by 15, plus a constant
+                record = pack(header, data, ((crc >> 15 | crc << 17) + _MASK_DELTA) & _M32)
+            except (OverflowError, struct.error):
+                record = frame(_scalar_event(head, value, step, wall))
             if sink.closed:
                 raise RuntimeError(f"the EventWriter for {run_dir!r} is closed")
-            pending.append(header(len(data)) + data + footer(masked(data)))
+            pending.append(record)
             if sync:
                 sink.flush()
             elif len(pending) > _MAX_PENDING_RECORDS:

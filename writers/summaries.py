@@ -78,7 +78,14 @@ def pack_float(value: float) -> bytes:
 def event(values: bytes, step: int, wall_time: float | None = None) -> bytes:
     """An Event holding a Summary made of `values` (concatenated `Summary.value` entries)."""
     wall = time.time() if wall_time is None else float(wall_time)
-    return _double(1, wall) + _int(2, int(step)) + length_delimited(5, values)
+    return _double(1, wall) + _int(2, checked_step(int(step))) + length_delimited(5, values)
+
+
+def checked_step(step: int) -> int:
+    """`step`, refused with a sentence past an int64 (Event.step): varint would silently keep its low 64 bits."""
+    if not -(2**63) <= step < 2**63:
+        raise ValueError(f"step {step} does not fit an event's step (an int64: -2**63 to 2**63 - 1)")
+    return step
 
 
 def file_version_event(wall_time: float | None = None) -> bytes:

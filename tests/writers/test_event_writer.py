@@ -13,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,80 @@ def test_scalar_fast_path_is_byte_for_byte_protobuf(tmp_path: Path) -> None:
     for data, tag, value, step in [(numpy, "numpy", 0.5, 7), (torch_values, "torch", 0.25, 8)]:
         value_pb = summary_pb2.Summary.Value(tag=tag, simple_value=value)
         assert data == event_pb2.Event(wall_time=1.0, step=step, summary={"value": [value_pb]}).SerializeToString()
+
+
+class _Floaty:
+    """Not a float, not an int: only `__float__`."""
+
+    def __float__(self) -> float:
+        return 2.5
+
+
+class _Indexy:
+    """Only `__index__`: float() takes it, as protobuf's own conversion does."""
+
+    def __index__(self) -> int:
+        return 12
+
+
+ODD_VALUES = [
+    ("1.5", 1.5),  # float() takes strings and bytes; struct does not: the general way
+    (b"-2", -2.0),
+    (True, 1.0),
+    (Decimal("0.1"), 0.1),
+    (Fraction(1, 3), 1 / 3),
+    (_Floaty(), 2.5),
+    (_Indexy(), 12.0),
+    (2**70, float(2**70)),  # an int past float32: an infinity, as protobuf stores it
+    (np.float64(1e300), math.inf),
+    (np.int64(-(2**40)), float(-(2**40))),
+    (np.float16(0.1), float(np.float16(0.1))),
+    (np.bool_(True), 1.0),
+    (torch.tensor(1e39, dtype=torch.float64), math.inf),
+    (torch.tensor([3.0]), 3.0),
+]
+
+
+@pytest.mark.parametrize("how", ["add_scalar", "scalar_writer"])
+def test_values_of_any_type_float_takes_are_written_as_protobuf_and_others_refused_writing_nothing(
+    tmp_path: Path, how: str
+) -> None:
+    steps = [1, 200, 20_000, 2**22, 0, -5]  # every width of the fast path, and past it
+    odd_steps = [(np.int32(300), 300), (torch.tensor(70_000), 70_000), (True, 1), (None, 0), (7.9, 7), ("12", 12)]
+    with EventWriter(tmp_path) as writer:
+
+        def write(tag: str, value: Any, step: Any) -> None:
+            if how == "add_scalar":
+                writer.add_scalar(tag, value, step, walltime=2.5)
+            else:
+                writer.scalar_writer(tag)(value, step, 2.5)
+
+        for bad, error in [(10**400, OverflowError), ("abc", ValueError), (None, TypeError), (object(), TypeError)]:
+            with pytest.raises(error):
+                write("bad", bad, 3)
+        for step, error in [("x", ValueError), (2**63, ValueError), (-(2**63) - 1, ValueError), ([], TypeError)]:
+            with pytest.raises(error):
+                write("bad", 1.0, step)
+        with pytest.raises(ValueError, match="int64"):
+            writer.add_text("bad", "every kind checks its step", 2**64)
+        for value, _ in ODD_VALUES:
+            for step in steps:
+                write("odd", value, step)
+        for step, _ in odd_steps:
+            write("steps", 0.5, step)
+    (file,) = tmp_path.iterdir()
+    written = records(file)[1:]
+    expected = [
+        event_pb2.Event(wall_time=2.5, step=step, summary={"value": [{"tag": "odd", "simple_value": value}]})
+        for _, value in ODD_VALUES
+        for step in steps
+    ] + [
+        event_pb2.Event(wall_time=2.5, step=step, summary={"value": [{"tag": "steps", "simple_value": 0.5}]})
+        for _, step in odd_steps
+    ]
+    assert len(written) == len(expected)  # nothing of the refused ones
+    for data, event in zip(written, expected, strict=True):
+        assert data == event.SerializeToString(), event
 
 
 def test_a_zero_walltime_is_left_out_as_protobuf_does(tmp_path: Path) -> None:
