@@ -15,16 +15,18 @@ from bidviz.errors import MetricTimeout, ProtocolError
 from .admission import Admitted
 from .effects import BEHAVIOURS, Rendered, Runtime, render
 from .handoff import Handoff
-from .metrics import error_info, failure_info
+from .interrupt import HookTimer
+from .metrics import describe_failure, error_info
 
 Outcome = tuple[str, Rendered | None, dict[str, Any] | None]
 #: answers one command: (item, status, rendered result, error)
 Answer = Callable[[Admitted, str, Rendered | None, dict[str, Any] | None], None]
 
 
-def outcome(run: Callable[[], Any]) -> Outcome:
-    """Run one command's effect; its status, rendered result and error. KeyboardInterrupt (the user's own Ctrl-C:
-    the hook timer turns any other into a failure) is the only exception that leaves."""
+def outcome(run: Callable[[], Any], timer: HookTimer) -> Outcome:
+    """Run one command's effect; its status, rendered result and error (described under `timer`'s budget: that
+    runs user code too). KeyboardInterrupt (the user's own Ctrl-C: the hook timer turns any other into a failure)
+    is the only exception that leaves."""
     try:
         result = run()
     except ProtocolError as e:
@@ -34,7 +36,7 @@ def outcome(run: Callable[[], Any]) -> Outcome:
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # noqa: BLE001 - any failure of user code is its answer
-        return "failed", None, failure_info(e, "<eval")
+        return "failed", None, describe_failure(timer, e, "<eval")
     return "applied", result if isinstance(result, Rendered) else render(result), None
 
 
@@ -64,6 +66,7 @@ class Applier:
     def apply_items(self, batch: list[Admitted]) -> None:
         """`batch` in order; a risky kind is journaled as `applying` right before it runs (write-ahead), so a crash
         answers Interrupted the one command it cut short, not the ones after it that never ran."""
+        timer = self.runtime.timer
         for n, item in enumerate(batch):
             if not self._held():  # kept, not answered: the bridge that took the run over applies and answers them
                 self.handoff.put_back(batch[n:])
@@ -72,9 +75,9 @@ class Applier:
             if not behaviour.kind.idempotent:
                 self._journal_ahead([item], self.runtime.control.at)
             try:
-                status, rendered, error = outcome(lambda: behaviour.apply(self.runtime, item))  # noqa: B023
+                status, rendered, error = outcome(lambda: behaviour.apply(self.runtime, item), timer)  # noqa: B023
             except KeyboardInterrupt as e:
-                self._answer(item, "failed", None, error_info(e, "<eval"))
+                self._answer(item, "failed", None, describe_failure(timer, e, "<eval"))
                 self.handoff.put_back(batch[n + 1 :])
                 raise
             self._answer(item, status, rendered, error)

@@ -20,7 +20,7 @@ from bidviz.errors import MetricTimeout, ProtocolError, ValuesRefused
 from bidviz.protocol import Command
 
 from .diagnostics import PACK
-from .metrics import compile_eval, compile_metric, emit, failure_info
+from .metrics import compile_eval, compile_metric, describe_failure, emit
 
 if TYPE_CHECKING:
     from .admission import Admitted
@@ -182,7 +182,7 @@ def install_metric(rt: Runtime, item: Admitted) -> Any:
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # noqa: BLE001 - the metric's failure, told to its sender; training goes on
-        info = failure_info(e, "<metric")
+        info = describe_failure(rt.timer, e, "<metric")
         if isinstance(e, MetricTimeout):
             info.update(message=f"metric {metric.name!r} {e}", traceback="", line=None)
     with reg.lock:

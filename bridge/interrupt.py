@@ -22,6 +22,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 from bidviz.errors import MetricTimeout, UserCodeExit
@@ -194,12 +195,32 @@ def is_real_ctrl_c(exc: BaseException, started: int) -> bool:
 
 def as_failure(exc: BaseException) -> BaseException:
     """What a hook's BaseException is reported as: itself when it is an Exception, else a UserCodeExit naming it
-    (its traceback kept), so it can never end the training loop."""
+    (its traceback kept), so it can never end the training loop. Outside any budget, so it runs no user code: the
+    class's own name, the arguments only when they are plain values (a user's `__repr__` may loop for ever)."""
     if isinstance(exc, Exception):
         return exc
+    args = _ARGS(exc)
+    said = ", ".join(map(repr, args)) if all(type(a) in _PLAIN for a in args) else "..."
     err = UserCodeExit(
-        f"{type(exc).__name__}({', '.join(map(repr, exc.args))}) raised by user code; training goes on "
+        f"{type_name(exc)}({said}) raised by user code; training goes on "
         "(a hook cannot end the training loop: use the stop command)"
     )
     err.__cause__ = exc
-    return err.with_traceback(exc.__traceback__)
+    return err.with_traceback(traceback_of(exc))
+
+
+def type_name(exc: BaseException) -> str:
+    """The name `exc`'s class was made with, read without running user code: a metaclass may make `__name__` a
+    property that raises or loops for ever."""
+    return _TYPE_NAME(type(exc))  # type: ignore[no-any-return]
+
+
+def traceback_of(exc: BaseException) -> TracebackType | None:
+    """`exc.__traceback__` as the interpreter keeps it (a subclass may shadow the attribute with a property)."""
+    return _TRACEBACK(exc)  # type: ignore[no-any-return]
+
+
+_TYPE_NAME = type.__dict__["__name__"].__get__
+_TRACEBACK = BaseException.__dict__["__traceback__"].__get__
+_ARGS = BaseException.__dict__["args"].__get__
+_PLAIN = (str, int, float, bool, type(None))

@@ -27,7 +27,7 @@ from .admission import Admitted
 from .effects import BEHAVIOURS, Runtime
 from .handoff import Handoff
 from .interrupt import HookTimer
-from .metrics import failure_info
+from .metrics import describe_failure
 from .recorder import Recorder, build_response
 from .replay import Restored
 
@@ -255,9 +255,9 @@ class Mailroom:
         self.recorder.applying([item], rt.control.at)
         behaviour = BEHAVIOURS[item.command.kind]
         try:
-            status, rendered, error = outcome(lambda: behaviour.apply(_Now(rt, self.now_timer), item))
+            status, rendered, error = outcome(lambda: behaviour.apply(_Now(rt, self.now_timer), item), self.now_timer)
         except KeyboardInterrupt as e:  # never Ctrl-C in this thread (signals go to the main one): the code raised it
-            status, rendered, error = "failed", None, failure_info(e, "<eval")
+            status, rendered, error = "failed", None, describe_failure(self.now_timer, e, "<eval")
         self._answer(item, status, rendered, error)
 
     def _answer(self, item: Admitted, status: str, rendered: Any = None, error: dict[str, Any] | None = None) -> None:

@@ -12,9 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bidviz.errors import ProtocolError, UserCodeExit
+from bidviz.errors import MetricTimeout, ProtocolError, UserCodeExit
 from bidviz.protocol import to_json_value
 from bidviz.writers.adapters import to_numpy
+
+from .interrupt import HookTimer, OverBudget, traceback_of, type_name
 
 ERRORS_TO_DISABLE = 5
 RECENT_KEPT = 60
@@ -151,16 +153,14 @@ def _syntax_error(e: SyntaxError, code: str | None) -> ProtocolError:
 
 
 def error_info(exc: BaseException, filename_prefix: str = "<") -> dict[str, Any]:
-    """Type, message, traceback (from the user's code on) and the user's line of an exception."""
-    tb = exc.__traceback__
-    # Drop the bridge's own frames above the user's code, so the traceback starts where the user's code does.
-    while tb is not None and not tb.tb_frame.f_code.co_filename.startswith(filename_prefix):
-        tb = tb.tb_next
-    frames = traceback.extract_tb(tb) if tb is not None else []
-    line = next((f.lineno for f in reversed(frames) if f.filename.startswith(filename_prefix)), None)
-    # User code chooses what it raises: a class made with type() where no __name__ is set has no __module__ (the
-    # traceback module fails on it), a __str__ may raise. Describing it must never fail in turn.
-    name = _described(lambda: str(type(exc).__name__), "an exception")
+    """Type, message, traceback (from the user's code on) and the user's line of an exception.
+
+    User code chooses what it raises, and describing it runs user code too: a class made with type() where no
+    __name__ is set has no __module__ (the traceback module fails on it), its `__str__` or `__notes__` may raise,
+    even SystemExit; each part is described as it can be, and never raises but the budget's interrupt or a Ctrl-C.
+    One that never returns is for the caller's budget: `describe_failure`."""
+    tb, frames, line = _user_traceback(exc, filename_prefix)
+    name = type_name(exc)
     message = _described(lambda: str(exc), f"<str() of this {name} raised an error>")
     text = _described(lambda: "".join(traceback.format_exception(type(exc), exc, tb)), "")
     if not text:
@@ -168,10 +168,25 @@ def error_info(exc: BaseException, filename_prefix: str = "<") -> dict[str, Any]
     return {"type": name, "message": message, "traceback": text, "line": line}
 
 
+def _user_traceback(
+    exc: BaseException, filename_prefix: str
+) -> tuple[types.TracebackType | None, traceback.StackSummary, int | None]:
+    """`exc`'s traceback from the user's code on (a file named `filename_prefix...`: the bridge's own frames above
+    it dropped), its frames and the user's last line in them. Runs no user code."""
+    tb = traceback_of(exc)
+    while tb is not None and not tb.tb_frame.f_code.co_filename.startswith(filename_prefix):
+        tb = tb.tb_next
+    frames = traceback.extract_tb(tb) if tb is not None else traceback.StackSummary()
+    line = next((f.lineno for f in reversed(frames) if f.filename.startswith(filename_prefix)), None)
+    return tb, frames, line
+
+
 def _described(describe: Callable[[], str], otherwise: str) -> str:
     try:
         return describe()
-    except Exception:  # noqa: BLE001 - whatever the user's exception does when described
+    except (OverBudget, KeyboardInterrupt):  # the budget's interrupt, or a Ctrl-C: the caller's to handle
+        raise
+    except BaseException:  # noqa: BLE001 - whatever the user's exception does when described, SystemExit included
         return otherwise
 
 
@@ -181,8 +196,34 @@ def failure_info(exc: BaseException, filename_prefix: str) -> dict[str, Any]:
     info = error_info(original, filename_prefix)
     if not isinstance(original, Exception):
         said = f"{info['type']}({info['message']})" if info["message"] else info["type"]
-        info["message"] = f"{said} raised by user code; training goes on (the stop command ends a run)"
+        info["message"] = f"{said} {_GOES_ON}"
     return info
+
+
+def describe_failure(timer: HookTimer, exc: BaseException, filename_prefix: str) -> dict[str, Any]:
+    """`failure_info` of what user code raised, under `timer`'s budget (in the calling thread, outside any batch),
+    never raising but the process's own Ctrl-C. What describing it raised or ran past the budget (a `__str__`, a
+    metaclass's `__name__`, the `__repr__` of its arguments that loops for ever) is said, with the traceback's
+    lines, read without running user code."""
+    try:
+        info: dict[str, Any] = timer.call(failure_info, exc, filename_prefix)
+    except KeyboardInterrupt:  # the process's own Ctrl-C (`call` turns a KeyboardInterrupt the code raised into
+        raise  # a UserCodeExit)
+    except BaseException as e:  # noqa: BLE001 - MetricTimeout or UserCodeExit: describing it failed
+        original = exc.__cause__ if isinstance(exc, UserCodeExit) and exc.__cause__ is not None else exc
+        name = type_name(original)
+        raised = e.__cause__ if e.__cause__ is not None else e  # what the user's code raised (UserCodeExit's cause)
+        why = str(e) if isinstance(e, MetricTimeout) else f"raised {type_name(raised)}"
+        message = f"<this {name} could not be described: describing it {why}>"
+        if not isinstance(original, Exception):
+            message = f"{name} {_GOES_ON} {message}"
+        _, frames, line = _user_traceback(original, filename_prefix)
+        text = f"Traceback (most recent call last):\n{''.join(traceback.format_list(frames))}{name}: {message}\n"
+        info = {"type": name, "message": message, "traceback": text, "line": line}
+    return info
+
+
+_GOES_ON = "raised by user code; training goes on (the stop command ends a run)"
 
 
 @dataclass

@@ -24,7 +24,7 @@ from bidviz import kinds
 from bidviz.errors import MetricTimeout, ProtocolError
 
 from .interrupt import HookTimer
-from .metrics import ERRORS_TO_DISABLE, compile_metric, failure_info, make_function
+from .metrics import ERRORS_TO_DISABLE, compile_metric, describe_failure, failure_info, make_function
 from .registry import Registry
 
 #: sends one command on a rule's behalf: (kind, args, sender) -> its id
@@ -154,7 +154,7 @@ class Rules:
             )
             return
         except BaseException as e:  # noqa: BLE001 - SystemExit from user code included: the rule's failure
-            self._failed(rule, step, failure_info(e, "<metric"))
+            self._failed(rule, step, describe_failure(self.timer, e, "<metric"))
             return
         rule.errors_in_row = 0
         if not actions:

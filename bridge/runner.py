@@ -14,7 +14,7 @@ from typing import Any
 from bidviz.errors import MetricTimeout
 
 from .interrupt import HookTimer, OverBudget, ctrl_c, get_ident, is_real_ctrl_c
-from .metrics import Metric, failure_info, scalar
+from .metrics import Metric, describe_failure, scalar
 from .ranks import Ranks
 from .registry import Registry
 
@@ -220,19 +220,8 @@ class MetricRunner:
                 "start threads (each step would start more)"
             )
 
-    def _describe(self, exc: BaseException) -> dict[str, Any]:
-        """`failure_info` of what a metric raised, under the hook budget: describing it runs the user's code too (its
-        `__str__`), which may loop for ever."""
-        try:
-            info: dict[str, Any] = self.timer.call(failure_info, exc, "<metric")
-        except MetricTimeout as e:
-            name = type(exc).__name__
-            info = {"type": name, "message": f"<the {name} could not be described: its str() {e}>", "line": None}
-            info["traceback"] = ""
-        return info
-
     def _failed(self, m: Metric, step: int, exc: BaseException, message: str | None = None) -> None:
-        info = self._describe(exc)
+        info = describe_failure(self.timer, exc, "<metric")
         if message is not None:
             info.update(message=message, traceback="", line=None)
         info["step"] = step

@@ -225,3 +225,85 @@ def test_an_error_that_cannot_be_described_still_gets_its_answer(trainer, code, 
     assert resp["error"]["type"] == error_type
     assert isinstance(resp["error"]["message"], str) and resp["error"]["traceback"]
     assert trainer.call("eval", code="6 * 7")["result"] == 42
+
+
+# Describing an error runs the user's code, which may never return or may raise what ends a program. Each case:
+# (code, the error's type, words of the message). Budget of the trainer below: 1 s.
+UNSAYABLE = {
+    "str loops": (
+        "class E(Exception):\n    def __str__(self):\n        while True:\n            pass\nraise E()",
+        "E",
+        "could not be described: describing it ran longer than its 1 s budget",
+    ),
+    "str exits": ("class E(Exception):\n    def __str__(self):\n        raise SystemExit(3)\nraise E()", "E", "raised"),
+    "str interrupts": (
+        "class E(Exception):\n    def __str__(self):\n        raise KeyboardInterrupt\nraise E()",
+        "E",
+        "could not be described: describing it raised KeyboardInterrupt",
+    ),
+    "name loops": (
+        "class M(type):\n    @property\n    def __name__(cls):\n        while True:\n            pass\n"
+        "class E(Exception, metaclass=M):\n    def __str__(self):\n        while True:\n            pass\nraise E()",
+        "E",
+        "could not be described",
+    ),
+    "notes loop": (
+        "class E(Exception):\n    @property\n    def __notes__(self):\n        while True:\n            pass\n"
+        "raise E('x')",
+        "E",
+        "could not be described",
+    ),
+    "exit's argument loops": (
+        "class R:\n    def __repr__(self):\n        while True:\n            pass\n    __str__ = __repr__\n"
+        "raise SystemExit(R())",
+        "SystemExit",
+        "SystemExit raised by user code; training goes on",
+    ),
+    "traceback property exits": (
+        "class E(BaseException):\n    @property\n    def __traceback__(self):\n        raise SystemExit(1)\n"
+        "raise E('y')",
+        "E",
+        "E(y) raised by user code; training goes on",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    t = Trainer(tmp_path_factory.mktemp("unsayable") / "run", "--budget", "1")
+    yield t
+    t.kill()
+
+
+@pytest.mark.parametrize("now", [False, True], ids=["at a step", "now"])
+@pytest.mark.parametrize("case", list(UNSAYABLE))
+def test_an_error_whose_description_loops_or_exits_is_answered_within_the_budget_and_training_goes_on(quick, case, now):
+    code, error_type, words = UNSAYABLE[case]
+    started = time.monotonic()
+    resp = quick.call("eval", code=code, now=now)
+    took = time.monotonic() - started
+    assert resp["status"] == "failed" and resp["error"]["type"] == error_type, resp
+    assert words in resp["error"]["message"], resp["error"]
+    assert resp["error"]["traceback"].startswith("Traceback (most recent call last):")
+    assert resp["error"]["line"] is not None and 'File "<eval' in resp["error"]["traceback"]
+    assert took < 8, f"answered after {took:.1f} s (budget 1 s)"
+    assert quick.proc.poll() is None, quick.stderr_now()
+    assert quick.call("eval", code="6 * 7")["result"] == 42
+
+
+@pytest.mark.parametrize("case", ["str loops", "name loops", "str exits", "exit's argument loops"])
+def test_a_metric_or_rule_whose_error_cannot_be_described_is_disabled_and_training_goes_on(quick, case):
+    code, error_type, words = UNSAYABLE[case]
+    name = "m_" + "".join(c if c.isalnum() else "_" for c in case)
+    first = quick.call("add_metric", name=name, code=code)["result"]["first_error"]
+    assert first["type"] == error_type and words in first["message"], first
+    assert quick.call("resume_metric", name=name)["status"] == "applied"
+    state = quick.wait_for(
+        lambda s: s["metrics"][name]["status"] == "disabled", timeout=60, what=f"{name} disabled after 5 errors"
+    )
+    assert state["metrics"][name]["last_error"]["type"] == error_type
+    assert quick.call("add_rule", name=name, code=code, every=1)["status"] == "applied"
+    quick.wait_for(lambda s: s["rules"][name]["status"] == "disabled", timeout=60, what=f"rule {name} disabled")
+    before = quick.state()["step"]
+    quick.wait_for(lambda s: s["step"] > before + 5, what="training goes on")
+    assert quick.proc.poll() is None, quick.stderr_now()
