@@ -308,7 +308,8 @@ def run_terminal(rt: Runtime, item: Admitted) -> Any:
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # noqa: BLE001 - this rank's failure is its answer
-        mine = f"<failed: {type(e).__name__}: {e}>"[:RESULT_LIMIT]
+        info = describe_failure(rt.timer, e, "<eval")
+        mine = f"<failed: {info['type']}: {info['message']}>"[:RESULT_LIMIT]
     answers = rt.ranks.gather(mine, rt.control.step)
     if answers is None:
         return None

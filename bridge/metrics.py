@@ -353,7 +353,7 @@ def _write_dict(writer: Any, tag: str, value: Any, step: int) -> dict[str, float
         raise TypeError(f"a dict metric needs a dict of str to number; got {type(value).__name__}")
     out = {}
     for k, v in value.items():
-        out[str(k)] = x = scalar(v)
+        out[_plain_str(str(k))] = x = scalar(v)
         writer.add_scalar(f"{tag}/{k}", x, step)
     return out
 
@@ -376,7 +376,13 @@ def _write_text(writer: Any, tag: str, value: Any, step: int) -> str:
     if not isinstance(value, str):
         raise TypeError(f"kind 'text' needs a str; got {type(value).__name__}")
     writer.add_text(tag, value, step)
-    return value[:200]
+    return _plain_str(value)[:200]
+
+
+def _plain_str(text: str) -> str:
+    """`text` as a plain str: what a metric returns is kept (`recent`) and shown (state, answers) outside its budget,
+    where a str subclass's own methods (`__str__`, `__getitem__`, `__repr__`) must not run."""
+    return str.__str__(text)
 
 
 def _write_image(writer: Any, tag: str, value: Any, step: int) -> dict[str, Any]:

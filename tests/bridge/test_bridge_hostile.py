@@ -307,3 +307,33 @@ def test_a_metric_or_rule_whose_error_cannot_be_described_is_disabled_and_traini
     before = quick.state()["step"]
     quick.wait_for(lambda s: s["step"] > before + 5, what="training goes on")
     assert quick.proc.poll() is None, quick.stderr_now()
+
+
+LOOPS = "class L:\n    def __repr__(self):\n        while True:\n            pass\n    __str__ = __repr__\n"
+SLY_VALUES = {  # what a metric returns is kept and shown outside its budget: no user method may run there
+    "text whose slice loops": (
+        LOOPS + "class S(str):\n    def __getitem__(self, i):\n        return L()\n",
+        "S('hi')",
+        "hi",
+    ),
+    "dict key whose str loops": (
+        "class K(str):\n    def __str__(self):\n        while True:\n            pass\n"
+        "class H:\n    def __str__(self):\n        return K('k')\n",
+        "{H(): 1.5}",
+        {"k": 1.5},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SLY_VALUES))
+def test_a_metric_value_whose_methods_loop_is_shown_as_plain_data_and_training_goes_on(quick, case):
+    prelude, value, shown = SLY_VALUES[case]
+    name = "v_" + "".join(c if c.isalnum() else "_" for c in case)
+    resp = quick.call("add_metric", name=name, code=f"{prelude}return {value}")
+    assert resp["status"] == "applied" and resp["result"]["first_value"] == shown, resp
+    assert quick.call("resume_metric", name=name)["status"] == "applied"
+    before = quick.state()["step"]
+    state = quick.wait_for(lambda s: s["step"] > before + 5, what="training and its state go on")
+    assert state["metrics"][name]["last_value"] == shown and state["metrics"][name]["error_count"] == 0
+    assert quick.call("eval", code=f"{prelude}{value}")["status"] == "applied"  # rendered under the budget
+    assert quick.call("remove_metric", name=name)["status"] == "applied"

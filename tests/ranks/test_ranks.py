@@ -125,6 +125,11 @@ def test_every_rank_applies_each_command_at_the_same_step(jobs, tmp_path, world)
     resp = json.loads(out.stdout)
     assert resp["status"] == "applied" and resp["result"] == {str(k): repr(k * 10) for k in range(world)}, resp
     assert job.call("eval", code="rank")["result"] == 0, "rank 0 answers by default"
+    # A rank's failure is its answer, described without letting the user's code end that rank.
+    sly = "class E(Exception):\n    def __str__(self):\n        raise SystemExit(9)\nif rank:\n    raise E()\n'fine'"
+    resp = job.call("eval", code=sly, ranks="all")
+    failed = "<failed: E: <str() of this E raised an error>>"
+    assert resp["result"] == {str(k): "'fine'" if k == 0 else failed for k in range(world)}, resp
 
     subprocess.run([*cli, "metric", "add", str(job.run_dir), "r", "float(rank)", "--reduce", "mean"], **CLI)
     assert job.call("add_metric", name="each", code="rank + 1", reduce="all")["status"] == "applied"
