@@ -14,6 +14,7 @@ Rules run on the leader of a distributed job only; the commands they send reach 
 
 from __future__ import annotations
 
+import json
 import threading
 import types
 from collections.abc import Callable, Mapping
@@ -218,7 +219,7 @@ def _actions(out: list[tuple[str, dict[str, Any]]], registry: Registry) -> dict[
                 f"a rule may act at most {MAX_ACTIONS} times a run; this one tried more (nothing was sent)",
                 type="TooManyActions",
             )
-        out.append((kind, args))
+        out.append((kind, _as_sent(args)))
 
     def set(**values: Any) -> None:  # noqa: A001 - the name rules use
         if not values:
@@ -251,6 +252,16 @@ def _actions(out: list[tuple[str, dict[str, Any]]], registry: Registry) -> dict[
         add(kinds.REWIND.name, kinds.REWIND.parse_args(args))
 
     return {"set": set, "pause": pause, "stop": stop, "snapshot": snapshot, "rewind": rewind}
+
+
+def _as_sent(args: dict[str, Any]) -> dict[str, Any]:
+    """`args` as a command file would carry them: plain JSON data, made while the rule's budget holds. A value of
+    the user's own type (a float whose `__repr__` or `__format__` loops for ever) would run its methods later, in
+    the label and the journal, where nothing stops it."""
+    try:
+        return json.loads(json.dumps(args))  # type: ignore[no-any-return]
+    except TypeError as e:
+        raise TypeError(f"an action's arguments must be plain values (numbers, str, bool): {e}") from None
 
 
 def _plain(value: Any) -> Any:

@@ -337,3 +337,20 @@ def test_a_metric_value_whose_methods_loop_is_shown_as_plain_data_and_training_g
     assert state["metrics"][name]["last_value"] == shown and state["metrics"][name]["error_count"] == 0
     assert quick.call("eval", code=f"{prelude}{value}")["status"] == "applied"  # rendered under the budget
     assert quick.call("remove_metric", name=name)["status"] == "applied"
+
+
+def test_a_rule_acting_with_a_value_of_its_own_type_whose_methods_loop_acts_with_its_plain_value(quick):
+    code = (
+        "class L(float):\n    def __repr__(self):\n        while True:\n            pass\n"
+        "    __str__ = __repr__\n    __format__ = lambda self, spec: self.__repr__()\n"
+        "set(dropout=L(0.25))\npause(type('R', (str,), {'__str__': L.__repr__, '__format__': L.__format__})('why'))"
+    )
+    assert quick.call("add_rule", name="sly", code=code, every=1)["status"] == "applied"
+    state = quick.wait_for(lambda s: s["paused"], timeout=20, what="the rule's pause applied")
+    assert state["hparams"]["dropout"]["value"] == 0.25 and state["rules"]["sly"]["fired"] == 1, state["rules"]
+    fired = [e for e in quick.mailbox.iter_journal() if e.get("event") == "rule_fired" and e["rule"] == "sly"]
+    assert len(fired) == 1 and "dropout" in fired[0]["label"] and "why" in fired[0]["label"], fired
+    assert quick.call("remove_rule", name="sly")["status"] == "applied"
+    assert quick.call("resume")["status"] == "applied"
+    before = quick.state()["step"]
+    quick.wait_for(lambda s: s["step"] > before + 5, what="training goes on")
