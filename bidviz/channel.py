@@ -221,10 +221,13 @@ class Mailbox(BridgeFiles):
     # -- the claim: a command is applied or withdrawn, never both ----------------------------------------------
     #
     # The bridge claims a file by hard-linking it to `tmp/claim-<name>` before reading it (`claim`); a sender
-    # that gives up withdraws it by renaming it out of the inbox (`withdraw`). Either the link or the rename comes
-    # first: a link after the rename fails (the bridge skips the file), and a rename after the link leaves the
-    # file with two links, which the sender sees, so it puts the file back and reports it taken. The bridge reads
-    # the command through its link and removes it after the response is written.
+    # that gives up withdraws it by renaming it out of the inbox (`withdraw`). A rename after the link leaves the
+    # file with two links, which the sender sees, so it puts the file back and reports it taken. A link does not
+    # simply fail after the rename: link(2) looks its source up before it links, so one that started before the
+    # rename can land after it, on the file the sender has already seen with one link and is about to delete. So a
+    # link is a claim only if the inbox name is still that file once it is made; if not, the bridge drops its link
+    # and skips the file (were it put back meanwhile, its next listing takes it again). The bridge reads the
+    # command through its link and removes it after the response is written.
 
     def claim_path(self, name: str) -> Path:
         return self.tmp / f"{CLAIM_PREFIX}{name}"
@@ -237,7 +240,6 @@ class Mailbox(BridgeFiles):
         for _ in range(2):
             try:
                 os.link(src, dst, follow_symlinks=False)
-                return dst
             except FileNotFoundError:
                 return None if not os.path.lexists(src) else src
             except FileExistsError:  # left by a bridge that died before removing it
@@ -245,8 +247,13 @@ class Mailbox(BridgeFiles):
                     os.unlink(dst)
                 except FileNotFoundError:
                     pass
+                continue
             except OSError:
                 return src
+            if _same_file(src, dst):
+                return dst
+            self.unclaim(name)  # linked after its sender took it out of the inbox: withdrawn, not ours
+            return None
         return src
 
     def unclaim(self, name: str) -> None:
@@ -296,6 +303,14 @@ class Mailbox(BridgeFiles):
             return "stale"  # killed: no need to wait for the heartbeat to age
         beat = heartbeat(state)
         return "live" if beat is not None and time.time() - beat < LIVE_SECONDS else "stale"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether paths `a` and `b` name one file (neither followed if a symlink); False when either is missing."""
+    try:
+        return os.path.samestat(os.lstat(a), os.lstat(b))
+    except FileNotFoundError:
+        return False
 
 
 def heartbeat(state: Mapping[str, Any]) -> float | None:
