@@ -36,6 +36,7 @@ _M32 = 0xFFFFFFFF
 # (cheaper than bytes on the fast path; a scalar record is about 40 bytes), the other kinds bytes.
 _MAX_PENDING_RECORDS = 1 << 15
 _MAX_PENDING_BYTES = 1 << 22
+_MAX_KEPT_TAGS = 4096  # add_scalar's scalar_writer per tag, about 1 KB each
 
 
 @functools.cache
@@ -177,6 +178,8 @@ class EventWriter:
         """One scalar (a `simple_value`, as tensorboardX and torch write it). NaN and infinities are kept."""
         write = self._scalars.get(tag)
         if write is None:
+            if len(self._scalars) >= _MAX_KEPT_TAGS:  # a tag per sample or per step: memory stays bounded
+                self._scalars.clear()
             write = self._scalars[tag] = self.scalar_writer(tag)
         write(value, step, walltime)
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -154,6 +155,31 @@ def test_values_of_any_type_float_takes_are_written_as_protobuf_and_others_refus
     assert len(written) == len(expected)  # nothing of the refused ones
     for data, event in zip(written, expected, strict=True):
         assert data == event.SerializeToString(), event
+
+
+def test_a_new_tag_at_every_step_keeps_memory_bounded_and_every_value(tmp_path: Path) -> None:
+    """A tag per sample or per step (`sample/123`): what add_scalar keeps per tag to write it fast stays bounded."""
+    tags = 50_000
+    with EventWriter(tmp_path, flush_secs=100) as writer:
+        writer.add_scalar("warm", 1.0, 1)
+        writer.flush()
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            for i in range(tags):
+                writer.add_scalar(f"sample/{i}", i / 2, i)
+                if i % 1000 == 999:
+                    writer.flush()
+            writer.flush()
+            kept = tracemalloc.get_traced_memory()[0] - base
+        finally:
+            tracemalloc.stop()
+    assert kept < 8e6, f"{kept / 1e6:.1f} MB kept for {tags} tags"  # ~1 KB a tag if every tag's writer were kept
+    series = read_scalars(tmp_path)
+    assert len(series) == tags + 1
+    assert [series[f"sample/{i}"][0][::2] for i in (0, 4095, 4096, tags - 1)] == [
+        (i, i / 2) for i in (0, 4095, 4096, tags - 1)
+    ]
 
 
 def test_a_zero_walltime_is_left_out_as_protobuf_does(tmp_path: Path) -> None:
