@@ -28,6 +28,7 @@ DIRNAME = ".bidviz"
 LIVE_SECONDS = 5.0  # a bridge writes its heartbeat every second; older than this it is stale
 MAX_READ_BYTES = 64 * 1024 * 1024  # state.json or a response larger than this is not one a bridge wrote
 CLAIM_PREFIX = "claim-"  # tmp/claim-<inbox name>: the bridge's hold on a command file (see Mailbox.claim)
+SETTLE_SECONDS = 0.5  # the longest a claim waits for a sender, met in the middle of withdrawing, to decide
 
 
 def _fsync_dir(path: Path) -> None:
@@ -225,9 +226,11 @@ class Mailbox(BridgeFiles):
     # file with two links, which the sender sees, so it puts the file back and reports it taken. A link does not
     # simply fail after the rename: link(2) looks its source up before it links, so one that started before the
     # rename can land after it, on the file the sender has already seen with one link and is about to delete. So a
-    # link is a claim only if the inbox name is still that file once it is made; if not, the bridge drops its link
-    # and skips the file (were it put back meanwhile, its next listing takes it again). The bridge reads the
-    # command through its link and removes it after the response is written.
+    # link is a claim only if the inbox name is still that file once it is made. If not, the sender is deciding
+    # by the link count it sees: the bridge waits for that decision (`_put_back`): the file back in the inbox (the
+    # sender saw the link and reports `claimed`: the bridge's), or the sender's name for it removed (it saw none
+    # and reports `withdrawn`: the bridge drops its link and skips it). The bridge reads the command through its
+    # link and removes it after the response is written.
 
     def claim_path(self, name: str) -> Path:
         return self.tmp / f"{CLAIM_PREFIX}{name}"
@@ -250,9 +253,9 @@ class Mailbox(BridgeFiles):
                 continue
             except OSError:
                 return src
-            if _same_file(src, dst):
+            if _same_file(src, dst) or _put_back(src, dst):
                 return dst
-            self.unclaim(name)  # linked after its sender took it out of the inbox: withdrawn, not ours
+            self.unclaim(name)  # linked after its sender took it out of the inbox and saw it alone: withdrawn
             return None
         return src
 
@@ -303,6 +306,24 @@ class Mailbox(BridgeFiles):
             return "stale"  # killed: no need to wait for the heartbeat to age
         beat = heartbeat(state)
         return "live" if beat is not None and time.time() - beat < LIVE_SECONDS else "stale"
+
+
+def _put_back(src: Path, dst: Path) -> bool:
+    """The bridge's link `dst` landed after the sender moved inbox file `src` aside; the sender then decides by the
+    file's link count, at once: it saw the link (it puts the file back and reports it `claimed`: the bridge's) or
+    not (it removes the file and reports it `withdrawn`). Wait for which, up to SETTLE_SECONDS (a sender killed in
+    between: withdrawn)."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while time.monotonic() < deadline:
+        if _same_file(src, dst):
+            return True
+        try:
+            if os.lstat(dst).st_nlink < 2:  # the sender's name for it is gone: unless put back just now, withdrawn
+                return _same_file(src, dst)
+        except FileNotFoundError:
+            return False
+        time.sleep(0.0005)
+    return False
 
 
 def _same_file(a: Path, b: Path) -> bool:

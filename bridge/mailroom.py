@@ -171,12 +171,18 @@ class Mailroom:
         # From here on the id is answered (a rejection too, written later by the recorder): a second file with it
         # is a duplicate, even while this answer is in flight.
         self._inflight_ids.add(cid)
+        claimed_at = time.time()  # a command claimed before its expiry is in time, whenever it is read
         source = self.recorder.mailbox.claim(name)
         try:
             if source is None:  # its sender withdrew it: never applied, and the sender knows
                 raise FileNotFoundError(path)
             item = admission.admit(
-                self.recorder.mailbox, path, secret=self.secret, registry=self.runtime.registry, source=source
+                self.recorder.mailbox,
+                path,
+                secret=self.secret,
+                registry=self.runtime.registry,
+                now=claimed_at,
+                source=source,
             )
         except FileNotFoundError:
             self.recorder.mailbox.unclaim(name)

@@ -35,7 +35,9 @@ def _bridge(run: str, ready: Any, go: Any, pipe: Connection) -> None:
 
 def test_a_late_link_after_the_senders_withdrawal_is_no_claim(tmp_path: Path) -> None:
     """link(2) finds its source before it links: a link that starts before the sender's rename out of the inbox can
-    land after it, on the withdrawn file. That is no claim: the sender said withdrawn, so the bridge must not answer."""
+    land after it, on the withdrawn file. That is no claim when the sender saw the file alone (it said withdrawn, so
+    the bridge must not answer), and the bridge's claim when the sender saw the link (it said claimed: the bridge
+    holds it, as it was when claimed, not to be read again later)."""
     mailbox = Mailbox(tmp_path / "run")
     mailbox.create()
     ctx = mp.get_context("spawn")
@@ -45,6 +47,7 @@ def test_a_late_link_after_the_senders_withdrawal_is_no_claim(tmp_path: Path) ->
     bridge.start()
     fates: dict[tuple[bool, str], int] = {}
     both: list[str] = []
+    told_claimed_not_held: list[str] = []
     try:
         for i in range(1, ROUNDS + 1):
             command = protocol.make_command("pause", {}, sender="test:race")
@@ -65,6 +68,8 @@ def test_a_late_link_after_the_senders_withdrawal_is_no_claim(tmp_path: Path) ->
                 both.append(f"{name}: withdrawn, yet claimed through {source} (in the inbox: {in_inbox})")
             elif fate == "claimed" and not in_inbox:
                 both.append(f"{name}: the sender was told claimed, but the file left the inbox ({source})")
+            elif fate == "claimed" and not claimed:  # let go, it would be read later: past its expiry, say
+                told_claimed_not_held.append(name)
             assert fate != "answered", "no response was written: nothing can be answered"
             mailbox.unclaim(name)  # what answering does, so the next round starts clean
             mailbox.remove_command(name)
@@ -74,5 +79,6 @@ def test_a_late_link_after_the_senders_withdrawal_is_no_claim(tmp_path: Path) ->
         if bridge.is_alive():
             bridge.kill()
     assert not both, f"{len(both)} of {ROUNDS} commands were both withdrawn and claimed ({fates}): {both[:5]}"
+    assert not told_claimed_not_held, f"{len(told_claimed_not_held)} told claimed, not held by the bridge ({fates})"
     assert fates.get((False, "withdrawn")) and fates.get((True, "claimed")), f"one side never won: {fates}"
     assert not os.listdir(mailbox.inbox) and not [n for n in os.listdir(mailbox.tmp) if n.startswith("claim-")]

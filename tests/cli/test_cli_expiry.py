@@ -54,11 +54,17 @@ def test_a_sender_that_gives_up_while_the_bridge_claims_gets_applied_or_withdraw
     assert main(["eval", str(run), "seen", "--now", "--json"]) == 0
     seen = json.loads(capsys.readouterr().out)["result"]
     assert len(seen) == len(set(seen)), f"a command ran twice: {seen}"
-    assert set(seen) == applied | claimed, (sorted(withdrawn), sorted(expired), sorted(applied), sorted(claimed), seen)
+    sides = (sorted(withdrawn), sorted(expired), sorted(applied), sorted(claimed), seen)
+    assert applied <= set(seen) <= applied | claimed, sides
     assert withdrawn and applied, f"one side of the race was never seen: {outcome}"
     ids = {r["id"] for _, r in outcome.values()}
-    answered = [e["id"] for e in _journal(run) if e.get("event") == "command" and e.get("id") in ids]
-    assert sorted(answered) == sorted(r["id"] for i, (_, r) in outcome.items() if i not in withdrawn)
+    answers = [e for e in _journal(run) if e.get("event") == "command" and e.get("id") in ids]
+    assert sorted(e["id"] for e in answers) == sorted(r["id"] for i, (_, r) in outcome.items() if i not in withdrawn)
+    # A command its sender saw claimed as it gave up is answered: applied, or Expired when the bridge read it past
+    # its expiry (the sender's grace to hear that is short; on a loaded machine the answer may come after it).
+    by_id = {e["id"]: e for e in answers}
+    for i in claimed - set(seen):
+        assert (by_id[outcome[i][1]["id"]]["error"] or {}).get("type") == "Expired", by_id[outcome[i][1]["id"]]
     assert not list(Mailbox(run).inbox.iterdir())
     assert not [p.name for p in Mailbox(run).tmp.iterdir() if p.name.startswith(("claim-", "withdrawn-"))]
     assert main(["stop", str(run)]) == 0
