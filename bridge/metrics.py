@@ -163,8 +163,7 @@ def error_info(exc: BaseException, filename_prefix: str = "<") -> dict[str, Any]
     name = type_name(exc)
     message = _described(lambda: str(exc), f"<str() of this {name} raised an error>")
     text = _described(lambda: "".join(traceback.format_exception(type(exc), exc, tb)), "")
-    if not text:
-        text = f"Traceback (most recent call last):\n{''.join(traceback.format_list(frames))}{name}: {message}\n"
+    text = text or _plain_traceback(frames, name, message)
     return {"type": name, "message": message, "traceback": text, "line": line}
 
 
@@ -179,6 +178,12 @@ def _user_traceback(
     frames = traceback.extract_tb(tb) if tb is not None else traceback.StackSummary()
     line = next((f.lineno for f in reversed(frames) if f.filename.startswith(filename_prefix)), None)
     return tb, frames, line
+
+
+def _plain_traceback(frames: traceback.StackSummary, name: str, message: str) -> str:
+    """A traceback's text from its frames alone, for an exception that could not be described by the traceback
+    module."""
+    return f"Traceback (most recent call last):\n{''.join(traceback.format_list(frames))}{name}: {message}\n"
 
 
 def _described(describe: Callable[[], str], otherwise: str) -> str:
@@ -218,8 +223,7 @@ def describe_failure(timer: HookTimer, exc: BaseException, filename_prefix: str)
         if not isinstance(original, Exception):
             message = f"{name} {_GOES_ON} {message}"
         _, frames, line = _user_traceback(original, filename_prefix)
-        text = f"Traceback (most recent call last):\n{''.join(traceback.format_list(frames))}{name}: {message}\n"
-        info = {"type": name, "message": message, "traceback": text, "line": line}
+        info = {"type": name, "message": message, "traceback": _plain_traceback(frames, name, message), "line": line}
     return info
 
 

@@ -30,8 +30,6 @@ __all__ = ["EventWriter"]
 
 _file_ids = itertools.count()
 _WALL = struct.Struct("<Bd")  # the wall_time key (field 1, fixed64) and the double
-_MASK_DELTA = 0xA282EAD8
-_M32 = 0xFFFFFFFF
 # Past these a write wakes the flusher rather than leave the backlog for up to flush_secs. Scalars count records
 # (cheaper than bytes on the fast path; a scalar record is about 40 bytes), the other kinds bytes.
 _MAX_PENDING_RECORDS = 1 << 15
@@ -197,7 +195,7 @@ class EventWriter:
         head = summaries.scalar_head(tag)
         (d1, r1, h1), (d2, r2, h2), (d3, r3, h3) = _scalar_packs(len(head))
         sink, pending, sync, run_dir = self._sink, self._pending, self._sync, self.run_dir
-        now, crc32c, frame = time.time, records.crc32c, records.frame
+        now, crc32c, frame, delta, m32 = time.time, records.crc32c, records.frame, records.MASK_DELTA, records.M32
 
         def write(value: float, step: int | None = 0, walltime: float | None = None) -> None:
             if step.__class__ is not int:
@@ -216,7 +214,7 @@ class EventWriter:
                     data = d3(9, wall, 0x10, step & 0x7F | 0x80, step >> 7 & 0x7F | 0x80, step >> 14, head, value)
                     pack, header = r3, h3
                 crc = crc32c(data)  # masked as `records.masked_crc` does: rotated right by 15, plus a constant
-                record = pack(header, data, ((crc >> 15 | crc << 17) + _MASK_DELTA) & _M32)
+                record = pack(header, data, ((crc >> 15 | crc << 17) + delta) & m32)
             except (OverflowError, struct.error):
                 record = frame(_scalar_event(head, value, step, wall))
             if sink.closed:

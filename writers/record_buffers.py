@@ -19,7 +19,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from bidviz.writers.records import crc32c
+from bidviz.writers.records import crc32c, read_within
 
 __all__ = ["RecordBuffer", "iter_record_buffers", "view"]
 
@@ -91,9 +91,7 @@ def iter_record_buffers(
             stream.seek(start)
         buffer, offset, need = b"", start, 0  # the part of a record the last read ended in, its offset, its size
         while True:
-            # never more than the file holds: a crafted length (its checksum right) must not allocate exabytes
-            left = os.fstat(stream.fileno()).st_size - stream.tell()
-            more = stream.read(max(0, min(max(read_size, need - len(buffer)), left)))
+            more = read_within(stream, max(read_size, need - len(buffer)))
             if not more:
                 if buffer and warn_truncated:
                     warnings.warn(f"{name}: skipped a truncated record at byte offset {offset}", stacklevel=stacklevel)
