@@ -1,6 +1,6 @@
 """Metric hooks against the hand-written cost, in CPU time, an old revision and this one taking turns.
 
-    python benchmarks/hooks_cpu_ab.py [--old PYTHON] [--rounds 5]
+    python benchmarks/hooks_cpu_ab.py [--old PYTHON] [--rounds 5] [--no-pure]
 
 On a shared machine the wall-clock figures of hot_paths.py move by 2-3x from one run to the next (the process waits
 for a core). This measures CPU time instead (`time.process_time`: every thread of the process, the bridge's own
@@ -8,6 +8,9 @@ included, and none of the time spent waiting), and runs the old revision (`--old
 bidviz installed, as for hot_paths.py) and this one in turn, one process a round each, so both see the same load.
 Printed: per N (1, 10, 100 metrics), the medians over the rounds of Bridge / by hand with our EventWriter, and of the
 bridge's own work per step with a null writer over the hand-written cost of the same values.
+
+"new" runs the fast step as installed: the C one (`bridge/_faststep.c`) when it was compiled. "pure" is the same
+revision with BIDVIZ_FASTSTEP=python: faststep.py's step, what runs where no compiler was (--no-pure: leave it out).
 """
 
 from __future__ import annotations
@@ -91,17 +94,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--old", default=None, help="an interpreter with an earlier bidviz installed")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-pure", action="store_true", help="leave out this revision's pure-Python fast step")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
+        try:
+            from bidviz.bridge.faststep import native
+        except ImportError:  # an old revision: no fast step, or no choice of one
+            native = None
+        print(f"fast step: {'C' if native is not None and native() else 'Python'}", file=sys.stderr)
         print(json.dumps(sample()))
         return 0
-    pythons = {"new": sys.executable, **({"old": args.old} if args.old else {})}
+    pythons = {"new": (sys.executable, "")}
+    if not args.no_pure:
+        pythons["pure"] = (sys.executable, "python")
+    if args.old:
+        pythons["old"] = (args.old, "")
     samples: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in pythons}
     for r in range(args.rounds):
-        for name, python in reversed(pythons.items()):  # old first, then new, each round
+        for name, (python, step) in reversed(pythons.items()):  # old first, then new, each round
             cmd = [python, "-P", os.path.abspath(__file__), "--worker"]
-            done = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir(), check=True)
+            env = {**os.environ, "BIDVIZ_FASTSTEP": step}
+            done = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir(), check=True, env=env)
             samples[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(f"round {r + 1} {name}: load average {os.getloadavg()[0]:.2f}", flush=True)
     print(f"\nCPU µs a step, medians of {args.rounds} rounds    " + "".join(f"{f'N={n}':>12}" for n in SIZES))

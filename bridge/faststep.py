@@ -15,11 +15,18 @@ value that is not a float goes to the metric's `emit`; anything raised goes to t
 (`MetricRunner.recover`), which handles it as its own batch would and runs the metrics left. The counter is the
 bridge's own `_calls` (kept in its `__dict__`, which this function holds instead of the bridge, so a forgotten
 bridge is still freed, and closed, when its last reference goes), so both ways count the same calls.
+
+`build` makes this step in C (`_faststep.c`, the same function line for line, calling the same Python functions)
+when the extension was compiled at install, and this module's own otherwise or with BIDVIZ_FASTSTEP=python. The C
+one only takes the interpreter's cost per line off the step's own bookkeeping: it reads and sets the hook timer's
+attributes through their slots and the metrics' and `Control`'s through their `__dict__` (where no descriptor of
+their class takes the name), so a metric's code, writers and every other call are the ones this module makes.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -28,7 +35,18 @@ from bidviz.compat import thread_count
 from .interrupt import ctrl_c, get_ident
 from .runner import THREADS_EVERY
 
+try:  # the same step in C (`_faststep.c`), built when a compiler was there at install
+    from ._faststep import Step as NativeStep
+except ImportError:  # pragma: no cover - no compiler: this module's step runs
+    NativeStep = None
+
 Step = Callable[..., None]
+
+
+def native() -> bool:
+    """Whether `build` makes the C step: built, and not turned off with BIDVIZ_FASTSTEP=python (read at each
+    `build`, so a test can run both)."""
+    return NativeStep is not None and os.environ.get("BIDVIZ_FASTSTEP", "") != "python"
 
 
 class FastStep(NamedTuple):
@@ -40,6 +58,21 @@ class FastStep(NamedTuple):
     fn: Step
     use: Callable[[list[Any], int], None]
     hold: Callable[[], None]
+
+
+def _plain_vars(obj: Any, *names: str) -> dict[str, Any] | None:
+    """`obj`'s `__dict__`, for the C step to read and set `names` there, when each is a plain attribute: no
+    descriptor of its class (a property, a slot) takes it over. None: the C step goes through getattr/setattr."""
+    try:
+        own = vars(obj)
+    except TypeError:  # no __dict__ (slots)
+        return None
+    for name in names:
+        for klass in type(obj).__mro__:
+            found = klass.__dict__.get(name)
+            if found is not None and (hasattr(type(found), "__set__") or hasattr(type(found), "__delete__")):
+                return None
+    return own if type(own) is dict else None
 
 
 def build(parts: Any, bridge: Any) -> FastStep:
@@ -103,6 +136,26 @@ def build(parts: Any, bridge: Any) -> FastStep:
                 parts.attend()
             threads_seen = count
 
+    fn: Any = step
+    if native():
+        fn = NativeStep(
+            state=state,
+            guarded=guarded,
+            spiky=spiky,
+            see=see,
+            slow_step=slow_step,
+            timer=timer,
+            control=control,
+            ns=ns,
+            runner=runner,
+            ctrl_c=ctrl_c,
+            threads=threads,
+            parts=parts,
+            writer=writer,
+            threads_every=THREADS_EVERY,
+            control_vars=_plain_vars(control, "step"),
+        )
+
     def _writer(tag: str) -> Callable[[float, int], None]:
         if scalar_writer is not None:
             return scalar_writer(tag)  # type: ignore[no-any-return]
@@ -110,6 +163,8 @@ def build(parts: Any, bridge: Any) -> FastStep:
 
     def use(metrics: list[Any], until: int) -> None:
         nonlocal active, plan, limit, threads_seen
+        if fn is not step:  # the C step keeps its own (it may have held itself, counted threads)
+            limit, threads_seen = fn.limit, fn.threads_seen
         if metrics is not active:
             # a metric whose kind takes a float as a scalar writes one straight through (else: its `emit`)
             plan = tuple((m, m.fn, m.state, _writer(m.tag) if m.floats else None, m.recent.append) for m in metrics)
@@ -118,9 +173,15 @@ def build(parts: Any, bridge: Any) -> FastStep:
         if limit == 0 and until:
             threads_seen = threads()
         limit = until
+        if fn is not step:
+            if metrics is not fn.active:
+                fn.plan = tuple((*entry, _plain_vars(entry[0], "errors_in_row")) for entry in plan)
+            fn.active, fn.threads_seen, fn.limit = active, threads_seen, limit
 
     def hold() -> None:
         nonlocal limit
         limit = 0
+        if fn is not step:
+            fn.limit = 0
 
-    return FastStep(step, use, hold)
+    return FastStep(fn, use, hold)

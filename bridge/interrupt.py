@@ -52,7 +52,26 @@ class HookTimer:
     `_lock`; `end()` clears `hook` before it looks at `firing` and `fired`, and takes the lock only when either is
     set. With the GIL ordering every store, an interrupt is either raised while `hook` was still set, and `end()`
     sees it and clears it, or never.
+
+    Slots, not a `__dict__`: the C fast step (`_faststep.c`) reads and sets `hook`, `batch`, `thread_id`, `firing` and
+    `fired` at every step through their slots' offsets, without a dict lookup each.
     """
+
+    __slots__ = (
+        "budget",
+        "hook",
+        "batch",
+        "firing",
+        "fired",
+        "fired_for",
+        "thread_id",
+        "_started",
+        "_fired_at",
+        "_lock",
+        "_closed",
+        "_thread",
+        "__weakref__",
+    )
 
     def __init__(self, budget: float) -> None:
         self.budget = budget
@@ -157,7 +176,10 @@ class HookTimer:
 
 
 class _CtrlC:
-    count = 0  # SIGINTs received, when our marker is installed
+    __slots__ = ("count",)  # read by the C fast step at every step through its slot
+
+    def __init__(self) -> None:
+        self.count = 0  # SIGINTs received, when our marker is installed
 
 
 ctrl_c = _CtrlC()

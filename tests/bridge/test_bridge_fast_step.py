@@ -1,6 +1,9 @@
 """The fast step (`bridge/faststep.py`, issue 12): while a loop's only work is its metrics, `bridge.step` is one
 function that runs them inline. It must do exactly what the general way does, whatever the metrics raise, whoever
-kept which `step` function, from whichever thread. Real Bridge, real event files read back, real threads."""
+kept which `step` function, from whichever thread. Real Bridge, real event files read back, real threads.
+
+Every test here runs twice: with the C step (`bridge/_faststep.c`, built at install) and with faststep.py's own
+(BIDVIZ_FASTSTEP=python, what runs where no compiler was)."""
 
 from __future__ import annotations
 
@@ -9,9 +12,26 @@ import time
 
 import pytest
 
-from bidviz.bridge import Bridge
+from bidviz.bridge import Bridge, faststep
 from bidviz.bridge.metrics import ERRORS_TO_DISABLE
 from bidviz.writers import read_scalars
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def implementation(request, monkeypatch):
+    """Which fast step `faststep.build` makes in this test (read at each build, by the bridges made here)."""
+    monkeypatch.setenv("BIDVIZ_FASTSTEP", request.param)
+    if request.param == "native":
+        assert faststep.NativeStep is not None, "the C fast step (bridge/_faststep.c) was not built at install"
+        assert faststep.native()
+    else:
+        assert not faststep.native()
+    return request.param
+
+
+def _is_native(fn):
+    return faststep.NativeStep is not None and isinstance(fn, faststep.NativeStep)
+
 
 METRICS = {
     "double": "loss * 2",
@@ -30,7 +50,7 @@ def _train(bridge, steps):
         bridge.step(loss=1.0 / (i + 1))  # step=None: the bridge counts
 
 
-def test_the_fast_step_writes_what_the_general_way_writes(tmp_path):
+def test_the_fast_step_writes_what_the_general_way_writes(tmp_path, implementation):
     """Two runs of the same loop and metrics: one where the fast step takes over, one kept on the general way (a
     `prepare` is set): the same series, point for point, and the same state."""
     runs = {}
@@ -42,6 +62,8 @@ def test_the_fast_step_writes_what_the_general_way_writes(tmp_path):
                 bridge.add_metric(metric, code)
             _train(bridge, 400)
             assert ("step" in vars(bridge)) is (name == "fast"), "the fast step is the instance's own step"
+            if name == "fast":
+                assert _is_native(vars(bridge)["step"]) is (implementation == "native")
             state = bridge.state()
         runs[name] = (_series(tmp_path / name), state)
     (fast, fast_state), (general, general_state) = runs["fast"], runs["general"]
