@@ -179,3 +179,53 @@ def test_a_forgotten_bridge_and_its_c_step_are_collected(tmp_path, monkeypatch):
     assert ns() is None
     assert parts() is None, "the bridge's parts outlived it: the C step keeps them in an uncollectable cycle"
     assert probe() is None, "the metrics' namespace outlived the bridge"
+
+
+class _OwnWriter:
+    """A user's own writer with the narrowest `add_scalar` the Writer protocol allows: (tag, value, step), no
+    walltime. It keeps what it was given."""
+
+    run_dir = None
+
+    def __init__(self):
+        self.scalars = []
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+    def add_histogram(self, tag, values, step):
+        pass
+
+    def add_text(self, tag, text, step):
+        pass
+
+    def add_image(self, tag, array, step, dataformats):
+        pass
+
+    def add_hparams_session(self, hparams, metric_tags):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_a_users_own_writer_gets_the_calls_it_declared(tmp_path, monkeypatch):
+    """The fast step calls a metric's writer as faststep.py does, `write(value, step)`: a writer whose `add_scalar`
+    takes no walltime gets every point, from both steps, and no metric fails."""
+    got = {}
+    for which in ("native", "python"):
+        monkeypatch.setenv("BIDVIZ_FASTSTEP", which)
+        writer = _OwnWriter()
+        with Bridge(tmp_path / which, writer=writer) as bridge:
+            bridge.add_metric("double", "loss * 2")
+            for i in range(200):
+                bridge.step(i, loss=float(i))
+            assert isinstance(vars(bridge)["step"], faststep.NativeStep) is (which == "native")
+            metric = bridge.state()["metrics"]["double"]
+        assert metric["status"] == "running" and metric["error_count"] == 0, metric["last_error"]
+        got[which] = writer.scalars
+    assert got["native"] == got["python"]
+    assert [(s, v) for tag, v, s in got["native"] if tag == "bidviz/double"] == [(i, 2.0 * i) for i in range(200)]
