@@ -34,6 +34,7 @@ def test_wheel_holds_every_package_and_installs_a_working_cli(tmp_path):
     assert not any(n.startswith(("tests/", "examples/", "benchmarks/")) for n in names)
     native = [n for n in names if n.startswith("bidviz/bridge/_faststep.") and n.endswith(".so")]
     assert native, f"the C fast step was not compiled into {wheel.name} (a C compiler and Python's headers needed)"
+    assert not any(n.endswith(".c") for n in names), "C sources are compiled, not shipped"
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, system_site_packages=True, with_pip=False)
