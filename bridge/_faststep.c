@@ -29,7 +29,7 @@ typedef struct {
     PyObject *threads;    /* counts the threads alive */
     PyObject *parts;      /* its `attend` */
     PyObject *writer;     /* the metrics' writer, for `emit` */
-    PyObject *plan;       /* tuple of (metric, fn, state, write or None, keep) */
+    PyObject *plan;       /* tuple of (metric, fn, state, write or None, keep, the metric's __dict__ or None) */
     PyObject *active;     /* the metrics' list, for `recover` */
     PyObject *threads_seen;
     PyObject *control_vars;  /* control's __dict__ (None: setattr) */
@@ -127,15 +127,36 @@ slot_set(PyObject *obj, Py_ssize_t offset, PyObject *name, PyObject *value)
 }
 
 static int
-slot_truth(PyObject *obj, Py_ssize_t offset, PyObject *name)  /* bool(obj.name); -1 on error */
+truth(PyObject *value)  /* bool(value), taking the new reference a getter gave (NULL: its error); -1 on error */
 {
-    PyObject *value = slot_get(obj, offset, name);
     if (value == NULL) {
         return -1;
     }
     int truth = PyObject_IsTrue(value);
     Py_DECREF(value);
     return truth;
+}
+
+static int
+call_method0(PyObject *obj, PyObject *name)  /* obj.name(), its result dropped; -1 on error */
+{
+    PyObject *done = PyObject_CallMethodNoArgs(obj, name);
+    Py_XDECREF(done);
+    return done == NULL ? -1 : 0;
+}
+
+/* The keywords other than `step` and `loss` (the loop's context) into `dict`; -1 on error */
+static int
+put_context(PyObject *dict, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        if (!is_name(name, s_step) && !is_name(name, s_loss) && PyDict_SetItem(dict, name, args[nargs + i]) < 0) {
+            return -1;
+        }
+    }
+    return 0;
 }
 
 static int
@@ -156,18 +177,6 @@ same_thread(StepObject *self)  /* timer.thread_id == threading.get_ident(); -1 o
     }
     Py_DECREF(id);
     return same;
-}
-
-static int
-truth_of(PyObject *vars, PyObject *obj, PyObject *name)  /* bool(obj.name); -1 on error */
-{
-    PyObject *value = get_attr(vars, obj, name);
-    if (value == NULL) {
-        return -1;
-    }
-    int truth = PyObject_IsTrue(value);
-    Py_DECREF(value);
-    return truth;
 }
 
 static PyObject *
@@ -229,7 +238,7 @@ run_plan(StepObject *self, PyObject *plan, PyObject *step)
             return -1;
         }
         Py_DECREF(done);
-        int errors = truth_of(m_vars, m, s_errors_in_row);
+        int errors = truth(get_attr(m_vars, m, s_errors_in_row));
         if (errors < 0 || (errors && set_attr(m_vars, m, s_errors_in_row, zero) < 0)) {
             return -1;
         }
@@ -237,12 +246,12 @@ run_plan(StepObject *self, PyObject *plan, PyObject *step)
     if (slot_set(self->timer, self->hook, s_hook, Py_None) < 0) {
         return -1;
     }
-    int firing = slot_truth(self->timer, self->firing, s_firing);
+    int firing = truth(slot_get(self->timer, self->firing, s_firing));
     if (firing < 0) {
         return -1;
     }
     if (!firing) {
-        firing = slot_truth(self->timer, self->fired, s_fired);
+        firing = truth(slot_get(self->timer, self->fired, s_fired));
         if (firing < 0) {
             return -1;
         }
@@ -300,15 +309,8 @@ slow_way(StepObject *self, PyObject *calls, PyObject *step, PyObject *loss, PyOb
     if (context == NULL) {
         return NULL;
     }
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    for (Py_ssize_t i = 0; i < nkw; i++) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
-        if (!is_name(name, s_step) && !is_name(name, s_loss) && PyDict_SetItem(context, name, args[nargs + i]) < 0) {
-            Py_DECREF(context);
-            return NULL;
-        }
-    }
-    if (loss != Py_None && PyDict_SetItem(context, s_loss, loss) < 0) {
+    if (put_context(context, args, nargs, kwnames) < 0 ||
+        (loss != Py_None && PyDict_SetItem(context, s_loss, loss) < 0)) {
         Py_DECREF(context);
         return NULL;
     }
@@ -387,7 +389,6 @@ step_call(StepObject *self, PyObject *const *args, size_t nargsf, PyObject *kwna
             goto done;
         }
         PyObject *seen = call2(self->see, loss, at);
-        Py_CLEAR(at);
         if (seen == NULL) {
             goto done;
         }
@@ -401,20 +402,16 @@ step_call(StepObject *self, PyObject *const *args, size_t nargsf, PyObject *kwna
         result = slow_way(self, calls, step, loss, args, nargs, kwnames);
         goto done;
     }
-    at = step == Py_None ? PyNumber_Subtract(calls, one) : Py_NewRef(step);
+    if (at == NULL) {  /* the step's number, unless the guard already made it */
+        at = step == Py_None ? PyNumber_Subtract(calls, one) : Py_NewRef(step);
+    }
     if (at == NULL || set_attr(self->control_vars, self->control, s_step, at) < 0) {
         goto done;
     }
     if (loss != Py_None && PyDict_SetItem(self->ns, s_loss, loss) < 0) {
         goto done;
     }
-    for (Py_ssize_t i = 0; extra && i < nkw; i++) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
-        if (!is_name(name, s_step) && !is_name(name, s_loss) && PyDict_SetItem(self->ns, name, args[nargs + i]) < 0) {
-            goto done;
-        }
-    }
-    if (PyDict_SetItem(self->ns, s_step, at) < 0) {
+    if ((extra && put_context(self->ns, args, nargs, kwnames) < 0) || PyDict_SetItem(self->ns, s_step, at) < 0) {
         goto done;
     }
     PyObject *batch = slot_get(self->timer, self->batch, s_batch);
@@ -446,19 +443,15 @@ step_call(StepObject *self, PyObject *const *args, size_t nargsf, PyObject *kwna
             goto done;
         }
         if (more) {  /* the runner watches each metric on its own until a step leaves none */
-            PyObject *done_ = PyObject_CallMethodNoArgs(self->runner, s_watch_threads);
-            if (done_ == NULL) {
+            if (call_method0(self->runner, s_watch_threads) < 0) {
                 Py_DECREF(alive);
                 goto done;
             }
-            Py_DECREF(done_);
             self->limit = 0;
-            done_ = PyObject_CallMethodNoArgs(self->parts, s_attend);
-            if (done_ == NULL) {
+            if (call_method0(self->parts, s_attend) < 0) {
                 Py_DECREF(alive);
                 goto done;
             }
-            Py_DECREF(done_);
         }
         Py_SETREF(self->threads_seen, alive);
     }
@@ -605,51 +598,32 @@ set_plan(StepObject *self, PyObject *value, void *closure)
     return 0;
 }
 
+/* The object fields `use` sets (`active`, `threads_seen`): `closure` is the field's offset. Never deleted: the step
+   uses them without a NULL check. */
 static PyObject *
-get_plan(StepObject *self, void *closure)
+get_field(StepObject *self, void *closure)
 {
-    return Py_NewRef(self->plan);
+    return Py_NewRef(*(PyObject **)((char *)self + (Py_ssize_t)closure));
 }
 
 static int
-set_object(PyObject **slot, PyObject *value, const char *name)
+set_field(StepObject *self, PyObject *value, void *closure)
 {
     if (value == NULL) {
-        PyErr_Format(PyExc_TypeError, "%s cannot be deleted", name);
+        PyErr_SetString(PyExc_TypeError, "the fast step's fields cannot be deleted");
         return -1;
     }
-    Py_SETREF(*slot, Py_NewRef(value));
+    Py_SETREF(*(PyObject **)((char *)self + (Py_ssize_t)closure), Py_NewRef(value));
     return 0;
 }
 
-static PyObject *
-get_active(StepObject *self, void *closure)
-{
-    return Py_NewRef(self->active);
-}
-
-static int
-set_active(StepObject *self, PyObject *value, void *closure)
-{
-    return set_object(&self->active, value, "active");
-}
-
-static PyObject *
-get_threads_seen(StepObject *self, void *closure)
-{
-    return Py_NewRef(self->threads_seen);
-}
-
-static int
-set_threads_seen(StepObject *self, PyObject *value, void *closure)
-{
-    return set_object(&self->threads_seen, value, "threads_seen");
-}
-
 static PyGetSetDef Step_getset[] = {
-    {"plan", (getter)get_plan, (setter)set_plan, "the metrics run at each step: (metric, fn, state, write, keep, vars)"},
-    {"active", (getter)get_active, (setter)set_active, "the metrics' list, handed to `recover`"},
-    {"threads_seen", (getter)get_threads_seen, (setter)set_threads_seen, "the threads counted at the last look"},
+    {"plan", (getter)get_field, (setter)set_plan, "the metrics run at each step (metric, fn, state, write, keep, vars)",
+     (void *)offsetof(StepObject, plan)},
+    {"active", (getter)get_field, (setter)set_field, "the metrics' list, handed to `recover`",
+     (void *)offsetof(StepObject, active)},
+    {"threads_seen", (getter)get_field, (setter)set_field, "the threads counted at the last look",
+     (void *)offsetof(StepObject, threads_seen)},
     {NULL},
 };
 
